@@ -1,0 +1,674 @@
+"""One training run: the authors' recipe, with the data set resident on the device.
+
+The whole loop is `train`: load the data once onto the device, build the model, optimizer and
+schedule, then for every epoch draw that epoch's data order and augmentation from a generator
+seeded by ``(seed, epoch, rank)``, step through it in batches (augmentation, normalisation and
+the forward/backward pass all on the device), evaluate on the test set and checkpoint.
+
+Because an epoch's data plan is a function of ``(seed, epoch, rank)`` alone and the checkpoint
+holds the model, the optimizer's momentum, the schedule position and the position inside the
+epoch, a resumed run makes exactly the updates the uninterrupted one would have made (bitwise on
+the CPU with ``deterministic=True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import plainnet
+from plainnet import distributed
+from plainnet.data import AUGMENTATIONS, ImageData, augment_batch, draw_augmentation, normalize
+from plainnet.errors import UserError
+from plainnet.models import build_model, count_parameters
+from plainnet.run_dir import RunDir
+from plainnet.schedules import SCHEDULES, ScheduledLR, paper_schedule
+
+# The authors' L2 penalty lambda * sum(w^2) has gradient 2 * lambda * w: PyTorch's weight_decay
+# is 2 * lambda (recipe.md): Plain family 5e-4 -> 1e-3, ResNets 2e-4 -> 4e-4.
+DEFAULT_WEIGHT_DECAY = {"plain": 1e-3, "resnet": 4e-4}
+PAPER_EPOCHS = {"step": 164, "clr": 160, "sgdr": 180}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (what ``config.json`` records under ``config``).
+
+    Lengths: ``scale`` multiplies every schedule length; ``epochs`` is the same thing said as
+    the run's length in epochs (``scale = epochs / paper_epochs``). ``"auto"`` switches resolve
+    by device: bf16 autocast, channels-last and ``torch.compile`` on CUDA; channels-last alone
+    on the CPU.
+    """
+
+    model: str = "plain11"
+    schedule: str = "sgdr"
+    dataset: str = "cifar100"
+    data_dir: str | None = None
+    seed: int = 0
+    scale: float = 1.0
+    epochs: float | None = None
+    batch_size: int = 100
+    lr_min: float | None = None
+    lr_max: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None  # None: the authors' value for the model
+    clip_norm: float = 10.0  # 0 disables clipping
+    augment: str = "shift"
+    epochwise_sgdr: bool = False
+    train_limit: int | None = None
+    test_limit: int | None = None
+    width_mult: float = 1.0
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: str = "auto"
+    deterministic: bool = False
+    scale_batch: bool = False  # under torchrun: global batch = batch_size * world size, lr too
+    sync_bn: bool = False
+    eval_batch_size: int = 1000
+    tensorboard: bool = False
+    snapshots: bool = True  # keep the weights at the end of each CLR/SGDR cycle (snapshots/)
+
+    def validate(self) -> None:
+        """Raise `UserError` for any option a run cannot start with."""
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
+        if self.augment not in AUGMENTATIONS:
+            raise UserError(f"unknown augmentation {self.augment!r}; choose {AUGMENTATIONS}")
+        for name in ("scale", "epochs", "lr_min", "lr_max", "width_mult"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise UserError(
+                    f"--{name.replace('_', '-')} must be a positive number, got {value}"
+                )
+        for name in ("batch_size", "train_limit", "test_limit", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be a positive integer")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise UserError("--weight-decay must be >= 0")
+        if self.clip_norm < 0 or not 0 <= self.momentum < 1:
+            raise UserError("--clip-norm must be >= 0 and --momentum in [0, 1)")
+        if self.epochs is not None and self.scale != 1.0:
+            raise UserError("give --epochs or --scale, not both (--epochs N means N epochs)")
+        if self.lr_min is not None and self.lr_max is not None and self.lr_min >= self.lr_max:
+            raise UserError(f"--lr-min {self.lr_min} must be below --lr-max {self.lr_max}")
+        for name in ("device", "amp", "channels_last", "compile"):
+            allowed = ("auto", "cpu", "cuda") if name == "device" else ("auto", "on", "off")
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
+        try:
+            build_model(self.model, 10, width_mult=self.width_mult)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+
+    @property
+    def effective_scale(self) -> float:
+        if self.epochs is not None:
+            return self.epochs / PAPER_EPOCHS[self.schedule]
+        return self.scale
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
+    return torch.device(name)
+
+
+def resolve_switches(cfg: TrainConfig, device: torch.device) -> dict[str, bool]:
+    """Turn the ``auto`` speed switches into on/off for this device (see `TrainConfig`)."""
+    cuda = device.type == "cuda"
+    # Measured on a 2-core Xeon with AVX512-BF16 (benchmarks/throughput.py): bf16 autocast made
+    # CPU training slower (104 vs 141 img/s for Plain-11), channels-last faster on both devices.
+    auto = {"amp": cuda, "channels_last": True, "compile": cuda}
+    return {k: auto[k] if getattr(cfg, k) == "auto" else getattr(cfg, k) == "on" for k in auto}
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where the run ran: versions, git commit, device name (``config.json``'s environment)."""
+    commit = None
+    try:
+        src = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        commit = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        name = f"{name} ({torch.get_num_threads()} threads)"
+    return {
+        "plainnet": plainnet.__version__,
+        "git_commit": commit,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": name,
+        "hostname": platform.node(),
+    }
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay only on the tensors the authors decayed (`decayed_parameters`)."""
+    decayed = {id(p) for p in model.decayed_parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+
+
+def epoch_plan(
+    seed: int, epoch: int, rank: int, n: int, augment: str, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This epoch's order of the ``n`` local images and their augmentation, a pure function of
+    ``(seed, epoch, rank)`` (drawn on the CPU, so every device gets the same plan)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_009 + rank)
+    order = torch.randperm(n, generator=g)
+    shifts, flips = draw_augmentation(n, augment, size, g)
+    return order, shifts, flips
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    data: ImageData,
+    *,
+    batch_size: int = 1000,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Logits (float32) for uint8 ``images`` already on the model's device, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start : start + batch_size], data.mean, data.std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            outs.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def evaluate(model: nn.Module, data: ImageData, **kw: Any) -> tuple[float, float]:
+    """(mean cross-entropy, error rate in %) on ``data``'s test set."""
+    logits = predict(model, data.test_images, data, **kw)
+    loss = F.cross_entropy(logits, data.test_labels).item()
+    error = (logits.argmax(1) != data.test_labels).float().mean().item() * 100
+    return loss, error
+
+
+def capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag the loop checks after each step, so a checkpoint is only ever
+    taken between two complete updates (a KeyboardInterrupt could land halfway through one)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class Progress:
+    """A one-line progress bar on a terminal; nothing otherwise (the epoch log line remains)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def update(self, epoch: int, step: int, steps: int, ips: float, loss: float, lr: float):
+        if self.enabled:
+            bar = "#" * int(20 * step / steps)
+            sys.stderr.write(
+                f"\repoch {epoch:>3} [{bar:<20}] {step}/{steps} "
+                f"{ips:,.0f} img/s loss {loss:.3f} lr {lr:.2e}"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 90 + "\r")
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    data: ImageData | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run (or continue) the training described by ``cfg`` in run directory ``out``.
+
+    Returns the summary (also in ``out/summary.json``). ``data`` may be passed pre-loaded (on
+    the CPU) to train several runs from one copy. ``resume=True`` insists on continuing an
+    existing run; without it, a run with the same configuration is continued anyway and a
+    different one is refused.
+    """
+    cfg.validate()
+    run = RunDir(out)
+    device = resolve_device(cfg.device)
+    world = distributed.init(device.type)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    log = log if world.is_main else (lambda _msg: None)
+    stored = None if run.is_empty() or not run.config.exists() else run.read_config()
+    options = dataclasses.asdict(cfg)
+    if stored is not None and stored.get("config") != options:
+        changed = sorted(
+            k for k in options if stored.get("config", {}).get(k, "<missing>") != options[k]
+        )
+        raise UserError(
+            f"{run.path} holds a run with another configuration (differs in: "
+            f"{', '.join(changed) or 'format'}); choose another --out or the same options"
+        )
+    if stored is None and not run.is_empty():
+        raise UserError(f"{run.path} is not empty and holds no plainnet run; choose another --out")
+    if resume and stored is None:
+        raise UserError(f"{run.path}: nothing to resume (no run there yet)")
+    if stored is not None and run.summary.exists():
+        summary = run.read_summary()
+        if summary.get("status") == "finished":
+            log(f"{run.path}: already finished (test error {summary['test_error']:.2f} %)")
+            return summary
+
+    guard = run.locked() if world.is_main else _nothing()
+    with guard:
+        return _train_locked(cfg, run, device, world, data, log)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _train_locked(
+    cfg: TrainConfig,
+    run: RunDir,
+    device: torch.device,
+    world: distributed.World,
+    data: ImageData | None,
+    log: Callable[[str], None],
+) -> dict:
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
+    switches = resolve_switches(cfg, device)
+
+    # ---- data: the whole set on the device, this rank's shard of the training images ----
+    if data is None:
+        from plainnet.data import load_dataset
+
+        data = load_dataset(cfg.dataset, cfg.data_dir)
+    data = data.subset(cfg.train_limit, cfg.test_limit)
+    global_batch = cfg.batch_size * (world.size if cfg.scale_batch else 1)
+    if global_batch % world.size:
+        raise UserError(
+            f"batch size {global_batch} does not split over {world.size} processes; "
+            "pass --batch-size divisible by the number of processes or --scale-batch"
+        )
+    local_batch = global_batch // world.size
+    iters_per_epoch = len(data.train_labels) // global_batch
+    if iters_per_epoch < 1:
+        raise UserError(
+            f"{len(data.train_labels)} training images are fewer than one batch of {global_batch}"
+        )
+    shard = slice(world.rank, None, world.size)
+    train_x = data.train_images[shard].to(device).contiguous()
+    train_y = data.train_labels[shard].to(device)
+    test = data.to(device) if world.is_main else None
+    size = tuple(train_x.shape[-2:])
+
+    # ---- model, optimizer, schedule ----
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = build_model(cfg.model, data.num_classes, width_mult=cfg.width_mult)
+    family = "resnet" if cfg.model.startswith("resnet") else "plain"
+    weight_decay = DEFAULT_WEIGHT_DECAY[family] if cfg.weight_decay is None else cfg.weight_decay
+    if world.distributed and cfg.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if switches["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        param_groups(model, weight_decay),
+        lr=0.0,
+        momentum=cfg.momentum,
+        **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+    )
+    schedule = paper_schedule(
+        cfg.schedule,
+        iters_per_epoch,
+        cfg.effective_scale,
+        epochwise_sgdr=cfg.epochwise_sgdr,
+        lr_min=cfg.lr_min,
+        lr_max=cfg.lr_max,
+    )
+    lr_scale = world.size if (world.distributed and cfg.scale_batch) else 1.0
+    scheduler = ScheduledLR(optimizer, schedule, lr_scale=lr_scale)
+    total_iters = schedule.total_iters
+    num_epochs = math.ceil(total_iters / iters_per_epoch)
+
+    # ---- resume ----
+    history: list[dict] = []
+    start_epoch, start_step, partial = 0, 0, None
+    state = run.load_checkpoint() if run.config.exists() else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        history = list(state["history"])
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        partial = state.get("partial")
+        log(f"resuming {run.path} at epoch {start_epoch + 1}, step {start_step}")
+
+    net: nn.Module = model
+    if world.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    step_model = torch.compile(net) if switches["compile"] else net
+
+    config_record = {
+        "config": dataclasses.asdict(cfg),
+        "resolved": {
+            **switches,
+            "device": str(device),
+            "weight_decay": weight_decay,
+            "iters_per_epoch": iters_per_epoch,
+            "total_iters": total_iters,
+            "epochs": num_epochs,
+            "schedule_epochs": schedule.epochs,
+            "global_batch": global_batch,
+            "world_size": world.size,
+            "train_images": len(data.train_labels),
+            "test_images": len(data.test_labels),
+            "num_classes": data.num_classes,
+            "dataset": data.name,
+        },
+        "environment": environment(device),
+        "command": sys.argv,
+    }
+    parameters = count_parameters(model)
+    if world.is_main:
+        run.write_config(config_record)
+        run.write_summary(_summary(cfg, history, parameters, "running", num_epochs))
+    writer = _tensorboard(run) if (cfg.tensorboard and world.is_main) else None
+    amp = switches["amp"]
+    mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(data.std, device=device).view(1, 3, 1, 1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    progress = Progress(world.is_main)
+
+    def checkpoint(epoch: int, step: int, part: dict | None) -> None:
+        if world.is_main:
+            run.save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": capture_rng(),
+                    "epoch": epoch,
+                    "step": step,
+                    "partial": part,
+                    "history": history,
+                }
+            )
+
+    status = "running"
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, num_epochs):
+            steps = min(iters_per_epoch, total_iters - epoch * iters_per_epoch)
+            order, shifts, flips = epoch_plan(
+                cfg.seed, epoch, world.rank, len(train_y), cfg.augment, size
+            )
+            order, shifts, flips = order.to(device), shifts.to(device), flips.to(device)
+            first = start_step if epoch == start_epoch else 0
+            sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, wrong, seen
+            seconds = 0.0
+            if first and partial is not None:
+                sums += torch.tensor(partial["sums"], device=device, dtype=torch.float64)
+                seconds = float(partial["seconds"])
+            model.train()
+            _sync(device)
+            t0 = time.perf_counter()
+            step, stopping = first, False
+            lr = schedule(epoch * iters_per_epoch + first)
+            while step < steps:
+                idx = order[step * local_batch : (step + 1) * local_batch]
+                x = augment_batch(train_x[idx], cfg.augment, shifts[idx], flips[idx])
+                x = (x.float() - mean) / std
+                if switches["channels_last"]:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = train_y[idx]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = step_model(x)
+                loss = F.cross_entropy(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_norm > 0:
+                    nn.utils.clip_grad_norm_(params, cfg.clip_norm, foreach=True)
+                lr = scheduler.step()
+                optimizer.step()
+                with torch.no_grad():
+                    sums[0] += loss.detach() * len(y)
+                    sums[1] += (logits.argmax(1) != y).sum()
+                    sums[2] += len(y)
+                step += 1
+                stopping = stop.signal is not None and not world.distributed
+                if step % 50 == 0 or step == steps:
+                    # The only host-device syncs in the loop: one in 50 steps. Under torchrun the
+                    # ranks agree here on stopping, so they all leave the loop at the same step.
+                    check = torch.stack([sums[0], sums[2], sums.new_tensor(stop.signal or 0)])
+                    loss_sum, seen, signals = distributed.all_reduce_sum(check, world).tolist()
+                    if not math.isfinite(loss_sum):
+                        break
+                    elapsed = seconds + time.perf_counter() - t0
+                    progress.update(epoch + 1, step, steps, seen / elapsed, loss_sum / seen, lr)
+                    stopping = stopping or signals > 0
+                if stopping:
+                    break
+            _sync(device)
+            seconds += time.perf_counter() - t0
+            progress.close()
+            totals = distributed.all_reduce_sum(sums.clone(), world).tolist()
+            train_loss = totals[0] / max(totals[2], 1)
+            # The last update can break the weights even while its loss was finite: check them
+            # too before anything of this epoch is saved.
+            weights_ok = bool(torch.stack([p.detach().sum() for p in params]).isfinite().all())
+            if not (math.isfinite(train_loss) and weights_ok):
+                status = "diverged"
+                break
+            if stopping and step < steps:
+                checkpoint(epoch, step, {"sums": sums.tolist(), "seconds": seconds})
+                status = "interrupted"
+                log(f"interrupted at epoch {epoch + 1}, step {step}: checkpoint saved")
+                break
+
+            t1 = time.perf_counter()
+            test_loss, test_error = (
+                evaluate(
+                    model,
+                    test,
+                    batch_size=cfg.eval_batch_size,
+                    amp=amp,
+                    channels_last=switches["channels_last"],
+                )
+                if world.is_main
+                else (float("nan"), float("nan"))
+            )
+            eval_seconds = time.perf_counter() - t1
+            row = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_error": 100.0 * totals[1] / max(totals[2], 1),
+                "test_loss": test_loss,
+                "test_error": test_error,
+                "train_seconds": seconds,
+                "eval_seconds": eval_seconds,
+                "images_per_second": totals[2] / max(seconds, 1e-9),
+                "iterations": epoch * iters_per_epoch + steps,
+            }
+            history.append(row)
+            if cfg.snapshots and world.is_main and ends_cycle(schedule, epoch, steps):
+                run.save_snapshot(epoch + 1, model.state_dict())
+            if world.is_main:
+                run.write_metrics(history)
+                checkpoint(epoch + 1, 0, None)
+                run.write_summary(_summary(cfg, history, parameters, "running", num_epochs))
+                if writer is not None:
+                    for key in ("lr", "train_loss", "train_error", "test_loss", "test_error"):
+                        writer.add_scalar(key, row[key], epoch + 1)
+                    writer.flush()
+            log(
+                f"epoch {epoch + 1:>3}/{num_epochs}  lr {lr:.2e}  "
+                f"train loss {train_loss:.3f} err {row['train_error']:5.2f} %  "
+                f"test loss {test_loss:.3f} err {test_error:5.2f} %  "
+                f"{seconds:6.1f} s  {row['images_per_second']:,.0f} img/s"
+            )
+            if stopping:
+                status = "interrupted"
+                log(f"interrupted after epoch {epoch + 1}: checkpoint saved")
+                break
+        else:
+            status = "finished"
+
+    summary = _summary(cfg, history, parameters, status, num_epochs)
+    if world.is_main:
+        run.write_summary(summary)
+    if writer is not None:
+        writer.close()
+    if status == "diverged":
+        raise Diverged(
+            f"{run.path}: loss became NaN/inf in epoch {len(history) + 1}; stopped "
+            "(the last good checkpoint is kept; try a lower --lr-max or keep --clip-norm)"
+        )
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    return summary
+
+
+def ends_cycle(schedule, epoch: int, steps: int) -> bool:
+    """Whether epoch ``epoch`` (0-based, ``steps`` iterations long) ends a CLR or SGDR cycle,
+    where the rate is at its minimum: the moments a snapshot ensemble keeps."""
+    if schedule.name == "step":
+        return False
+    start = epoch * schedule.iters_per_epoch
+    return any(
+        start < round(b * schedule.iters_per_epoch) <= start + steps for b in schedule.boundaries
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _tensorboard(run: RunDir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard"
+        ) from None
+    return SummaryWriter(str(run.path / "tensorboard"))
+
+
+def _summary(
+    cfg: TrainConfig, history: list[dict], parameters: int, status: str, epochs: int
+) -> dict:
+    """The run's result: the FINAL epoch's test error (never the best; the best is shown only)."""
+    last = history[-1] if history else {}
+    best = min(history, key=lambda r: r["test_error"]) if history else {}
+    seconds = [r["train_seconds"] for r in history]
+    # The first epoch carries compilation and autotuning: leave it out where others exist.
+    timed = seconds[1:] if len(seconds) > 1 else seconds
+    return {
+        "status": status,
+        "model": cfg.model,
+        "schedule": cfg.schedule,
+        "seed": cfg.seed,
+        "epochs": epochs,
+        "epochs_done": len(history),
+        "test_error": last.get("test_error"),
+        "test_loss": last.get("test_loss"),
+        "train_error": last.get("train_error"),
+        "best_test_error": best.get("test_error"),
+        "best_epoch": best.get("epoch"),
+        "mean_train_seconds": sum(timed) / len(timed) if timed else None,
+        "parameters": parameters,
+    }
