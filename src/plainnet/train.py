@@ -196,6 +196,50 @@ def epoch_plan(
     return order, shifts, flips
 
 
+def make_train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: ScheduledLR,
+    *,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    augment: str,
+    amp: bool,
+    channels_last: bool,
+    compile: bool,
+    clip_norm: float,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple]:
+    """One SGD iteration as `plainnet train` runs it, on a batch already on the device.
+
+    ``step(images_uint8, labels, shifts, flips)`` augments and normalises the batch (batched
+    tensor ops), runs forward and backward (bf16 autocast if ``amp``; channels-last if asked;
+    the network through ``torch.compile`` if ``compile``), clips the global gradient norm, sets
+    this iteration's rate and updates. It returns ``(loss, wrong, lr)``: the mean loss and the
+    number of misclassified images as device tensors (reading them would sync) and the rate.
+    """
+    forward = torch.compile(net) if compile else net
+    params = [p for p in net.parameters() if p.requires_grad]
+    device_type = mean.device.type
+
+    def step(images: torch.Tensor, labels: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor):
+        x = normalize(augment_batch(images, augment, shifts, flips), mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm > 0:
+            nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
+        lr = scheduler.step()
+        optimizer.step()
+        with torch.no_grad():
+            return loss.detach(), (logits.argmax(1) != labels).sum(), lr
+
+    return step
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -440,7 +484,18 @@ def _train_locked(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    step_model = torch.compile(net) if switches["compile"] else net
+    train_step = make_train_step(
+        net,
+        optimizer,
+        scheduler,
+        mean=torch.tensor(data.mean, device=device),
+        std=torch.tensor(data.std, device=device),
+        augment=cfg.augment,
+        amp=switches["amp"],
+        channels_last=switches["channels_last"],
+        compile=switches["compile"],
+        clip_norm=cfg.clip_norm,
+    )
 
     config_record = {
         "config": dataclasses.asdict(cfg),
@@ -468,8 +523,6 @@ def _train_locked(
         run.write_summary(_summary(cfg, history, parameters, "running", num_epochs))
     writer = _tensorboard(run) if (cfg.tensorboard and world.is_main) else None
     amp = switches["amp"]
-    mean = torch.tensor(data.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(data.std, device=device).view(1, 3, 1, 1)
     params = [p for p in model.parameters() if p.requires_grad]
     progress = Progress(world.is_main)
 
@@ -509,24 +562,10 @@ def _train_locked(
             lr = schedule(epoch * iters_per_epoch + first)
             while step < steps:
                 idx = order[step * local_batch : (step + 1) * local_batch]
-                x = augment_batch(train_x[idx], cfg.augment, shifts[idx], flips[idx])
-                x = (x.float() - mean) / std
-                if switches["channels_last"]:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = train_y[idx]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = step_model(x)
-                loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_norm > 0:
-                    nn.utils.clip_grad_norm_(params, cfg.clip_norm, foreach=True)
-                lr = scheduler.step()
-                optimizer.step()
-                with torch.no_grad():
-                    sums[0] += loss.detach() * len(y)
-                    sums[1] += (logits.argmax(1) != y).sum()
-                    sums[2] += len(y)
+                loss, wrong, lr = train_step(train_x[idx], train_y[idx], shifts[idx], flips[idx])
+                sums[0] += loss * len(idx)
+                sums[1] += wrong
+                sums[2] += len(idx)
                 step += 1
                 stopping = stop.signal is not None and not world.distributed
                 if step % 50 == 0 or step == steps:

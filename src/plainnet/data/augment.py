@@ -91,8 +91,8 @@ def augment_batch(
 
 def normalize(
     images_uint8: torch.Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Per-channel standardisation `(x - mean) / std` of uint8 images (..., C, H, W).
@@ -102,8 +102,9 @@ def normalize(
     `dtype`; the input's memory format (e.g. channels_last) is kept.
     """
     device = images_uint8.device
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    # Tensors already on the device skip the host-to-device copy (a sync on CUDA) every batch.
+    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
     x = images_uint8.to(torch.float32)  # preserves the memory format
     out = torch.empty_like(x)  # ditto; pins the layout of the result to the input's
     torch.sub(x, m, out=out)
