@@ -123,6 +123,137 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(config_from_args(args), args.out, resume=args.resume)
 
 
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from plainnet.lr_find import lr_find
+
+    lr_find(
+        config_from_args(args),
+        args.out,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        iters=args.iters,
+        beta=args.beta,
+        diverge=args.diverge,
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from plainnet.evaluate import evaluate_path
+
+    keys = ("model", "width_mult", "dataset", "data_dir", "test_limit", "device")
+    overrides = {k: getattr(args, k) for k in (*keys, "eval_batch_size")}
+    evaluate_path(
+        args.path, ensemble=args.ensemble, last=args.last, overrides=overrides, output=args.output
+    )
+
+
+def add_grid_options(p: argparse.ArgumentParser) -> None:
+    """How a grid's runs are run: devices, shards, launchers (`reproduce` and `sweep`)."""
+    from plainnet.experiments import LAUNCHERS
+
+    g = p.add_argument_group("running the grid")
+    g.add_argument("--out", required=True, help="grid directory: one run directory per run")
+    g.add_argument(
+        "--jobs-per-device", type=positive_int, default=1, help="runs packed on each GPU"
+    )
+    g.add_argument("--shard", metavar="I/N", help="run only part I of N (1-based) of the grid")
+    g.add_argument(
+        "--retry-failed", action="store_true", help="also rerun diverged runs (resumed otherwise)"
+    )
+    g.add_argument(
+        "--launcher",
+        default="process",
+        choices=LAUNCHERS,
+        help="process (default): child processes here; local/slurm: submitit job array",
+    )
+    g.add_argument("--slurm-partition")
+    g.add_argument("--slurm-time", type=positive_int, default=24 * 60, help="minutes per task")
+    g.add_argument("--slurm-gpus-per-task", type=positive_int, default=1)
+    g.add_argument("--slurm-cpus-per-task", type=positive_int, default=8)
+    g.add_argument("--slurm-mem-gb", type=positive_int, default=32)
+    g.add_argument("--slurm-array-parallelism", type=positive_int, default=64)
+    g.add_argument("--slurm-account")
+    g.add_argument("--slurm-qos")
+
+
+def runner_from_args(args: argparse.Namespace):
+    from plainnet.experiments import RunnerOptions, SlurmOptions
+
+    slurm = SlurmOptions(
+        partition=args.slurm_partition,
+        time_min=args.slurm_time,
+        gpus_per_task=args.slurm_gpus_per_task,
+        cpus_per_task=args.slurm_cpus_per_task,
+        mem_gb=args.slurm_mem_gb,
+        array_parallelism=args.slurm_array_parallelism,
+        account=args.slurm_account,
+        qos=args.slurm_qos,
+    )
+    return RunnerOptions(
+        jobs_per_device=args.jobs_per_device,
+        launcher=args.launcher,
+        shard=args.shard,
+        retry_failed=args.retry_failed,
+        slurm=slurm,
+    )
+
+
+def _grid_base(args: argparse.Namespace) -> dict:
+    """The grid's shared `TrainConfig` (model/schedule/seed are set per run), and a record of
+    the command in OUT/commands.txt for the report's provenance."""
+    import dataclasses
+    import shlex
+    from pathlib import Path
+
+    base = dataclasses.asdict(config_from_args(args, model="plain11", schedule="sgdr", seed=0))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "commands.txt", "a") as f:
+        f.write(shlex.join(["plainnet", *sys.argv[1:]]) + "\n")
+    return base
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from plainnet.experiments import QUICK, reproduce
+
+    if args.quick:  # fill in what the user did not set
+        for key in ("scale", "train_limit", "test_limit", "batch_size"):
+            default = {"scale": 1.0, "batch_size": 100}.get(key)
+            if getattr(args, key) == default:
+                setattr(args, key, QUICK[key])
+        args.seeds = args.seeds or list(QUICK["seeds"])
+    seeds = args.seeds or [0, 1, 2]
+    reproduce(
+        args.out,
+        _grid_base(args),
+        models=args.models,
+        schedules=args.schedules,
+        seeds=seeds,
+        runner=runner_from_args(args),
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from plainnet.report import write_report
+
+    write_report(args.dir)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from plainnet.experiments import sweep
+
+    sweep(
+        args.out,
+        _grid_base(args),
+        depths=args.depths,
+        widths=args.widths,
+        resnet_depths=args.resnet_depths,
+        schedule=args.schedule,
+        seeds=args.seeds,
+        runner=runner_from_args(args),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plainnet",
@@ -142,6 +273,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_run_options(p)
     p.set_defaults(func=cmd_train)
+
+    from plainnet.data import AUGMENTATIONS
+
+    p = sub.add_parser(
+        "lr-find", help="Smith's learning-rate range test: suggest --lr-min/--lr-max for train"
+    )
+    p.add_argument("--out", required=True, help="folder for lr_find.json and lr_find.png")
+    p.add_argument("--model", default="plain11", help="as for train")
+    p.add_argument("--width-mult", type=positive_float, default=1.0, help="plain family only")
+    p.add_argument("--seed", type=int, default=0)
+    add_data_options(p)
+    g = p.add_argument_group("range test")
+    g.add_argument("--start-lr", type=positive_float, default=1e-6, help="first rate")
+    g.add_argument("--end-lr", type=positive_float, default=10.0, help="last rate")
+    g.add_argument("--iters", type=positive_int, default=200, help="iterations of the ramp")
+    g.add_argument("--beta", type=float, default=0.9, help="loss smoothing (EMA factor)")
+    g.add_argument("--diverge", type=positive_float, default=4.0, help="stop at this x best")
+    g = p.add_argument_group("recipe and speed (as for train)")
+    g.add_argument("--batch-size", type=positive_int, default=100)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, help="default: the authors' value per model")
+    g.add_argument("--clip-norm", type=float, default=10.0, help="0 disables clipping")
+    g.add_argument("--augment", default="shift", choices=AUGMENTATIONS)
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast")
+    g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
+    g.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser(
+        "evaluate", help="test error per class, CIFAR-100 superclass confusion, snapshot ensemble"
+    )
+    p.add_argument("path", help="a run directory, or a checkpoint file (.pt)")
+    p.add_argument(
+        "--ensemble", action="store_true", help="also the mean of the run's cycle-end snapshots"
+    )
+    p.add_argument("--last", type=positive_int, help="ensemble only the last N snapshots")
+    p.add_argument("--output", help="evaluation JSON (default: RUN_DIR/evaluation.json)")
+    p.add_argument("--model", help="the model (default: the run's; needed for a bare checkpoint)")
+    p.add_argument("--width-mult", type=positive_float, help="default: the run's")
+    p.add_argument(
+        "--dataset", choices=["cifar100", "cifar10", "folder"], help="default: the run's"
+    )
+    p.add_argument("--data-dir", help="default: the run's")
+    p.add_argument("--test-limit", type=positive_int, help="default: the run's")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's")
+    p.add_argument("--eval-batch-size", type=positive_int, help="default: the run's")
+    p.set_defaults(func=cmd_evaluate)
+    from plainnet.schedules import SCHEDULES as _SCHEDULES
+
+    p = sub.add_parser(
+        "reproduce", help="Table I: train the grid's missing runs, then write its report"
+    )
+    p.add_argument("--models", nargs="+", default=["plain11", "resnet110"], help="any --model")
+    p.add_argument("--schedules", nargs="+", default=list(_SCHEDULES), choices=_SCHEDULES)
+    p.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2 (0 with --quick)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed, 1/25 of the schedules, 1000 train / 500 test images, batch 25",
+    )
+    add_grid_options(p)
+    add_run_options(p, grid=True)
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("report", help="Table I, the paper's claims and figures from a grid")
+    p.add_argument("dir", help="the --out of reproduce")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sweep", help="test error and time against depth and width")
+    p.add_argument(
+        "--depths", nargs="+", type=int, default=[6, 8, 11, 14, 20], help="plain depths (>= 6)"
+    )
+    p.add_argument(
+        "--widths", nargs="+", type=positive_float, default=[0.5, 1.0], help="width multipliers"
+    )
+    p.add_argument("--resnet-depths", nargs="+", type=int, default=[20, 56, 110], help="6n+2")
+    p.add_argument("--schedule", default="sgdr", choices=_SCHEDULES)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    add_grid_options(p)
+    add_run_options(p, grid=True)
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

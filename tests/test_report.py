@@ -1,0 +1,211 @@
+"""`plainnet report`: statistics, Table I and the claims from hand-written run directories."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from plainnet.cli import main
+from plainnet.errors import UserError
+from plainnet.report import cells as group_cells
+from plainnet.report import (
+    claims,
+    load_runs,
+    mean_std,
+    t_cdf,
+    t_quantile,
+    table1_rows,
+    welch,
+    write_report,
+)
+
+# Final test errors per (model, schedule), three seeds: means 28, 27.5, 26 / 26.5, 28, 26.
+ERRORS = {
+    ("plain11", "step"): [27.0, 28.0, 29.0],
+    ("plain11", "clr"): [27.0, 27.5, 28.0],
+    ("plain11", "sgdr"): [25.0, 26.0, 27.0],
+    ("resnet110", "step"): [26.0, 26.5, 27.0],
+    ("resnet110", "clr"): [27.0, 28.0, 29.0],
+    ("resnet110", "sgdr"): [25.5, 26.0, 26.5],
+}
+SECONDS = {"plain11": 40.0, "resnet110": 170.0}
+
+
+def write_run(
+    root: Path,
+    model: str,
+    schedule: str,
+    seed: int,
+    error: float,
+    *,
+    status: str = "finished",
+    epochs: int = 4,
+    done: int = 4,
+    scale: float = 1.0,
+    dataset: str = "cifar100",
+) -> Path:
+    """A run directory as `train` leaves it: config, per-epoch metrics (the last epoch's test
+    error is ``error``) and summary."""
+    path = root / f"{model}-{schedule}-s{seed}"
+    path.mkdir(parents=True)
+    config = {
+        "config": {"model": model, "schedule": schedule, "seed": seed, "scale": scale},
+        "resolved": {"iters_per_epoch": 50, "dataset": dataset},
+        "environment": {"plainnet": "0.1.0", "torch": "2.x", "device_name": "Test GPU"},
+    }
+    config["config"].update({"dataset": dataset, "batch_size": 100, "epochs": None})
+    (path / "config.json").write_text(json.dumps(config))
+    rows = [
+        {
+            "epoch": e,
+            "test_error": error + 10.0 * (done - e),
+            "train_seconds": SECONDS.get(model, 10.0),
+        }
+        for e in range(1, done + 1)
+    ]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {
+        "status": status,
+        "model": model,
+        "schedule": schedule,
+        "seed": seed,
+        "epochs": epochs,
+        "epochs_done": done,
+        "test_error": error,
+        "best_test_error": error,
+        "mean_train_seconds": SECONDS.get(model, 10.0) + seed,  # 40, 41, 42 / 170, 171, 172
+        "parameters": 1000,
+    }
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+@pytest.fixture
+def grid(tmp_path) -> Path:
+    for (model, schedule), errors in ERRORS.items():
+        for seed, error in enumerate(errors):
+            write_run(tmp_path, model, schedule, seed, error)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("df", "expected"), [(1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228)])
+def test_t_quantile_matches_tables(df, expected):
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
+    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-3)
+
+
+def test_t_distribution_limits():
+    assert t_quantile(0.975, 1e7) == pytest.approx(1.95996, abs=1e-4)  # the normal's
+    assert t_quantile(0.95, 3) == pytest.approx(2.353, abs=1e-3)
+    assert t_quantile(0.95, 4) == pytest.approx(2.132, abs=1e-3)
+    assert 2.132 < t_quantile(0.95, 3.5) < 2.353  # Welch's df need not be an integer
+    assert t_cdf(0.0, 3) == pytest.approx(0.5)
+    assert t_cdf(-2.0, 5) == pytest.approx(1 - t_cdf(2.0, 5))
+
+
+def test_mean_std_and_welch_interval():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert math.isnan(mean_std([5.0])[1])
+    # Two groups of 3 with std 1 each: diff -3, se sqrt(2/3), Welch df 4 -> t 2.776.
+    iv = welch([(1, [1.0, 2.0, 3.0]), (-1, [4.0, 5.0, 6.0])])
+    assert iv.estimate == pytest.approx(-3.0)
+    assert iv.df == pytest.approx(4.0)
+    assert iv.high - iv.estimate == pytest.approx(2.7764 * math.sqrt(2 / 3), abs=1e-3)
+    # Unequal variances: df falls below n1 + n2 - 2.
+    iv = welch([(1, [0.0, 1.0, 2.0, 3.0]), (-1, [0.0, 10.0, 20.0])])
+    assert 2.0 < iv.df < 5.0
+    assert not welch([(1, [1.0]), (-1, [2.0, 3.0])]).known
+
+
+def test_table_holds_means_and_stds(grid):
+    runs, problems = load_runs(grid)
+    assert not problems and len(runs) == 18
+    rows = {(r["model"], r["schedule"]): r for r in table1_rows(group_cells(runs), grid)}
+    for key, errors in ERRORS.items():
+        mean, std = mean_std(errors)
+        assert rows[key]["test_error_mean"] == pytest.approx(mean)
+        assert rows[key]["test_error_std"] == pytest.approx(std)
+        assert rows[key]["seeds"] == 3
+        assert rows[key]["seconds_per_epoch"] == pytest.approx(SECONDS[key[0]] + 1)
+    assert rows["plain11", "step"]["error"] == "28.00 ± 1.00 (n=3)"
+    assert rows["resnet110", "sgdr"]["paper_test_error"] == 25.98
+
+
+def test_claims_verdicts_and_intervals(grid):
+    runs, _ = load_runs(grid)
+    by_text = {
+        c.text.split(" for ")[-1] if "beats" in c.text else c.text[:20]: c
+        for c in claims(group_cells(runs))
+    }
+    within = by_text["Plain-11 with SGDR c"]  # 26.0 - 26.0 = 0 <= 1.5
+    assert within.measured == "+0.00 pt" and within.verdict == "holds"
+    gain = by_text["SGDR improves Plain-"]  # (28 - 26) - (26.5 - 26) = +1.5
+    assert gain.measured == "+1.50 pt" and gain.verdict == "holds"
+    time = by_text["ResNet-110 takes abo"]
+    assert time.verdict == "holds" and float(time.measured.split()[0]) == pytest.approx(
+        171 / 41, rel=1e-3
+    )
+    assert by_text["Plain-11"].verdict == "holds"  # SGDR 26 vs CLR 27.5
+    assert by_text["ResNet-110"].verdict == "holds"  # 26 vs 28
+    assert "undecided" in by_text["ResNet-110"].note  # -2.00, but CI [-4.08, +0.08]
+    assert "excludes" in time.note
+    low, high = (float(x) for x in by_text["Plain-11"].interval.split("]")[0][1:].split(","))
+    iv = welch([(1, ERRORS["plain11", "sgdr"]), (-1, ERRORS["plain11", "clr"])])
+    assert (low, high) == (pytest.approx(iv.low, abs=0.01), pytest.approx(iv.high, abs=0.01))
+
+
+def test_report_files_and_edge_cases(grid):
+    # One seed of a new config still running, one broken, one never started, one failed.
+    write_run(grid, "plain8", "sgdr", 0, 50.0, status="running", epochs=9, done=3)
+    write_run(grid, "plain8", "sgdr", 1, 50.0, status="failed", done=2)
+    bad = write_run(grid, "plain8", "sgdr", 2, 50.0)
+    (bad / "summary.json").write_text("{ not json")
+    (grid / "plain8-step-s0").mkdir()
+    (grid / "plain11-sgdr-s0" / "evaluation.json").write_text(
+        json.dumps({"test_error": 25.0, "ensemble_test_error": 24.0, "ensemble_snapshots": [12]})
+    )
+    (grid / "plain11-sgdr-s1" / "evaluation.json").write_text(
+        json.dumps({"test_error": 26.0, "ensemble_test_error": 25.0, "ensemble_snapshots": [12]})
+    )
+    write_report(grid, log=lambda _m: None)
+    text = (grid / "report.md").read_text()
+    assert "Not the paper's setting" not in text
+    assert "running (epoch 3/9)" in text
+    assert "failed (epoch 2/4)" in text
+    assert "plain8-sgdr-s2`: " in text and "corrupt" in text
+    assert "plain8-step-s0`: no summary.json" in text
+    assert "[s0](plain11-sgdr-s0/)" in text
+    assert "Test GPU" in text
+    with open(grid / "table1.csv") as f:
+        table = {(r["model"], r["schedule"]): r for r in csv.DictReader(f)}
+    assert float(table["plain11", "sgdr"]["ensemble"]) == pytest.approx(24.5)
+    assert float(table["resnet110", "clr"]["test_error_mean"]) == pytest.approx(28.0)
+    assert table["plain8", "sgdr"]["seeds"] == "0"
+    for name in ("lr_schedules.png", "test_error.png", "epoch_time.png"):
+        assert (grid / "figures" / name).stat().st_size > 5000
+
+
+def test_shortened_runs_are_flagged_and_few_seeds_warned(tmp_path):
+    for (model, schedule), errors in ERRORS.items():
+        write_run(tmp_path, model, schedule, 0, errors[0], scale=0.05, dataset="folder")
+    write_report(tmp_path, log=lambda _m: None)
+    text = (tmp_path / "report.md").read_text()
+    assert "Not the paper's setting" in text and "data set folder" in text
+    assert "too few seeds to decide (n=1" in text
+
+
+def test_report_cli(grid, tmp_path, capsys):
+    assert main(["report", str(grid)]) == 0
+    assert "# Table I" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such directory" in err[0]
+
+
+def test_load_runs_missing_dir(tmp_path):
+    with pytest.raises(UserError):
+        load_runs(tmp_path / "missing")
