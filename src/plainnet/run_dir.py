@@ -181,14 +181,15 @@ class RunDir:
     def save_checkpoint(self, state: dict) -> None:
         atomic_write(self.checkpoint, lambda f: torch.save(state, f))
 
-    def save_snapshot(self, epoch: int, model_state: dict) -> None:
-        """Keep the model's weights at the end of ``epoch`` (1-based) in ``snapshots/``."""
+    def save_snapshot(self, iteration: int, model_state: dict) -> None:
+        """Keep the model's weights after ``iteration`` updates as ``snapshots/iterNNNNNNNN.pt``."""
         folder = self.path / "snapshots"
         folder.mkdir(exist_ok=True)
-        atomic_write(folder / f"epoch{epoch:04d}.pt", lambda f: torch.save(model_state, f))
+        atomic_write(folder / f"iter{iteration:08d}.pt", lambda f: torch.save(model_state, f))
 
     def snapshot_paths(self) -> list[Path]:
-        return sorted((self.path / "snapshots").glob("epoch*.pt"))
+        """The snapshots in training order."""
+        return sorted((self.path / "snapshots").glob("iter*.pt"))
 
     def load_checkpoint(self) -> dict | None:
         """The last checkpoint, or None if there is none yet.
