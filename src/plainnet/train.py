@@ -137,6 +137,8 @@ def resolve_switches(cfg: TrainConfig, device: torch.device) -> dict[str, bool]:
     cuda = device.type == "cuda"
     # Measured on a 2-core Xeon with AVX512-BF16 (benchmarks/throughput.py): bf16 autocast made
     # CPU training slower (104 vs 141 img/s for Plain-11), channels-last faster on both devices.
+    # torch.compile does not pay on that CPU (docs/readme/speed.md): Plain-11 181 vs 175 img/s
+    # after 37 s of compiling, ResNet-110 102 vs 112 img/s after 97 s; so it is CUDA-only.
     auto = {"amp": cuda, "channels_last": True, "compile": cuda}
     return {k: auto[k] if getattr(cfg, k) == "auto" else getattr(cfg, k) == "on" for k in auto}
 
@@ -208,6 +210,7 @@ def make_train_step(
     channels_last: bool,
     compile: bool,
     clip_norm: float,
+    compile_mode: str | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple]:
     """One SGD iteration as `plainnet train` runs it, on a batch already on the device.
 
@@ -216,8 +219,10 @@ def make_train_step(
     the network through ``torch.compile`` if ``compile``), clips the global gradient norm, sets
     this iteration's rate and updates. It returns ``(loss, wrong, lr)``: the mean loss and the
     number of misclassified images as device tensors (reading them would sync) and the rate.
+    ``compile_mode`` is `torch.compile`'s mode (None: its default; ``"reduce-overhead"`` adds
+    CUDA-graph capture, measured by ``benchmarks/throughput.py --compile-mode``).
     """
-    forward = torch.compile(net) if compile else net
+    forward = torch.compile(net, mode=compile_mode) if compile else net
     params = [p for p in net.parameters() if p.requires_grad]
     device_type = mean.device.type
 
@@ -463,6 +468,11 @@ def _train_locked(
     lr_scale = world.size if (world.distributed and cfg.scale_batch) else 1.0
     scheduler = ScheduledLR(optimizer, schedule, lr_scale=lr_scale)
     total_iters = schedule.total_iters
+    # Snapshot ensembles keep the weights at the iteration where each CLR/SGDR cycle ends, i.e.
+    # where the rate is at its minimum (also when a shortened cycle ends mid-epoch).
+    snapshot_at = set()
+    if cfg.snapshots and schedule.name != "step":
+        snapshot_at = {round(b * iters_per_epoch) for b in schedule.boundaries}
     num_epochs = math.ceil(total_iters / iters_per_epoch)
 
     # ---- resume ----
@@ -567,6 +577,8 @@ def _train_locked(
                 sums[1] += wrong
                 sums[2] += len(idx)
                 step += 1
+                if epoch * iters_per_epoch + step in snapshot_at and world.is_main:
+                    run.save_snapshot(epoch * iters_per_epoch + step, model.state_dict())
                 stopping = stop.signal is not None and not world.distributed
                 if step % 50 == 0 or step == steps:
                     # The only host-device syncs in the loop: one in 50 steps. Under torchrun the
@@ -623,8 +635,6 @@ def _train_locked(
                 "iterations": epoch * iters_per_epoch + steps,
             }
             history.append(row)
-            if cfg.snapshots and world.is_main and ends_cycle(schedule, epoch, steps):
-                run.save_snapshot(epoch + 1, model.state_dict())
             if world.is_main:
                 run.write_metrics(history)
                 checkpoint(epoch + 1, 0, None)
@@ -659,17 +669,6 @@ def _train_locked(
     if status == "interrupted":
         raise KeyboardInterrupt
     return summary
-
-
-def ends_cycle(schedule, epoch: int, steps: int) -> bool:
-    """Whether epoch ``epoch`` (0-based, ``steps`` iterations long) ends a CLR or SGDR cycle,
-    where the rate is at its minimum: the moments a snapshot ensemble keeps."""
-    if schedule.name == "step":
-        return False
-    start = epoch * schedule.iters_per_epoch
-    return any(
-        start < round(b * schedule.iters_per_epoch) <= start + steps for b in schedule.boundaries
-    )
 
 
 def _sync(device: torch.device) -> None:
