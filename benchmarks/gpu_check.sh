@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The GPU check: one command for a machine with one CUDA GPU (an H100), CUDA PyTorch and no
+# network. Writes everything to OUT_DIR and finishes in under 8 minutes:
+#   1. environment.txt     torch / CUDA / GPU, nvidia-smi
+#   2. pytest.txt          the GPU-only tests (pytest -m gpu), on the real CIFAR-10 JPEGs
+#   3. throughput.{txt,json}  benchmarks/throughput.py: both pipelines, Plain-11 and ResNet-110,
+#                          and a profile of one step
+#   4. concurrent.{txt,json}  1 vs 2 plainnet training processes sharing the GPU (Plain-11)
+#   5. train.txt, run/     plainnet train: Plain-11, SGDR, --scale 0.1 (18 epochs), CIFAR-10 JPEGs
+#   6. cudagraphs.{txt,json}  if time is left: plainnet with torch.compile mode reduce-overhead
+#   status.txt             each step's exit status and seconds
+#
+# usage: benchmarks/gpu_check.sh OUT_DIR
+# Inputs: this tree and .gpu_inputs/cifar10-jpeg.tar.gz (benchmarks/pack_gpu_inputs.sh). The
+# package need not be installed (PYTHONPATH=src). A failing step is recorded and the next runs.
+#
+# Rehearsal on a CPU: PLAINNET_GPU_CHECK_DEVICE=cpu benchmarks/gpu_check.sh OUT_DIR runs the same
+# steps with --device cpu and tiny sizes (the GPU tests then skip), to prove the script end to end.
+set -u -o pipefail
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 OUT_DIR" >&2
+    exit 2
+fi
+repo=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$1"
+out=$(cd "$1" && pwd)
+cd "$repo"
+device=${PLAINNET_GPU_CHECK_DEVICE:-cuda}
+python=${PYTHON:-python3}
+export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export PLAINNET_CACHE=$tmp/cache PLAINNET_TEST_CACHE=$tmp/cache
+export TORCHINDUCTOR_CACHE_DIR=$tmp/inductor
+: > "$out/status.txt"
+
+step() {  # step NAME TIMEOUT_S LOGFILE COMMAND...: run, log, record exit status and time
+    local name=$1 limit=$2 log=$3
+    shift 3
+    local t0=$SECONDS
+    [[ $device == cuda ]] || limit=$((limit * 4))  # the CPU rehearsal may share slow cores
+    echo "== $name: $*" | tee -a "$out/status.txt"
+    timeout --kill-after=10 "$limit" "$@" > "$out/$log" 2>&1
+    local rc=$?
+    echo "   $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$out/status.txt"
+    tail -n 5 "$out/$log" | sed 's/^/   | /'
+}
+
+# 1. environment
+{
+    date -u
+    git -C "$repo" rev-parse HEAD 2>/dev/null || echo "(no git)"
+    "$python" -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
+    nvidia-smi 2>&1 || true
+    nproc
+} > "$out/environment.txt" 2>&1
+
+# The real CIFAR-10 JPEGs, unpacked to a temporary folder.
+jpegs=$tmp/cifar10-jpeg
+if tar -xzf "$repo/.gpu_inputs/cifar10-jpeg.tar.gz" -C "$tmp" 2>> "$out/status.txt"; then
+    export PLAINNET_TEST_CIFAR10_JPEG=$jpegs
+    echo "unpacked $(find "$jpegs" -type f | wc -l) JPEGs" | tee -a "$out/status.txt"
+else
+    echo "no .gpu_inputs/cifar10-jpeg.tar.gz: run benchmarks/pack_gpu_inputs.sh first" \
+        | tee -a "$out/status.txt"
+fi
+
+if [[ $device == cuda ]]; then
+    bench=(--device cuda)
+    train=(--device cuda --scale 0.1)
+else  # the CPU rehearsal: the same steps at tiny sizes
+    bench=(--device cpu --quick --models "plain16-16|32-32|64" --train-images 1000
+           --test-images 200 --eval-images 200)
+    train=(--device cpu --epochs 2 --train-limit 1000 --test-limit 500 --model "plain16-16|32-32|64")
+fi
+if [[ $device == cuda ]]; then plain=(--models plain11); else plain=("${bench[@]:2}"); fi
+
+# 2. the GPU-only tests (they also use the real-data fixtures, from the archive)
+step pytest 90 pytest.txt "$python" -m pytest -m gpu -q -p no:cacheprovider -rs tests
+# 3. the benchmark: both pipelines, both models, a profile of one step
+step throughput 180 throughput.txt "$python" benchmarks/throughput.py "${bench[@]}" --profile \
+    --json "$out/throughput.json"
+# 4. several runs sharing the device: 1 vs 2 plainnet processes on Plain-11
+step concurrent 70 concurrent.txt "$python" benchmarks/throughput.py "${bench[@]:0:2}" \
+    "${plain[@]}" --only plainnet --concurrent 2 --reps 3 --json "$out/concurrent.json"
+# 5. a short real-data run: Plain-11, SGDR, a tenth of the schedule (18 epochs)
+step train 110 train.txt "$python" -m plainnet train --model plain11 --schedule sgdr \
+    --dataset folder --data-dir "$jpegs" --out "$out/run" --no-snapshots "${train[@]}"
+[[ -f $out/run/summary.json ]] && cat "$out/run/summary.json"
+# 6. if time is left (the whole check stays under 8 minutes): CUDA graphs through
+#    torch.compile's reduce-overhead mode, plainnet only, both models
+left=$((460 - SECONDS))
+if ((left > 60)); then
+    step cudagraphs "$left" cudagraphs.txt "$python" benchmarks/throughput.py "${bench[@]}" \
+        --only plainnet --compile-mode reduce-overhead --reps 3 --json "$out/cudagraphs.json"
+else
+    echo "== cudagraphs: skipped, $left s left" | tee -a "$out/status.txt"
+fi
+echo "done in $SECONDS s; results in $out" | tee -a "$out/status.txt"

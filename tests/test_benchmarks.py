@@ -1,0 +1,184 @@
+"""benchmarks/: the throughput benchmark end to end on the CPU, its conventional pipeline's
+preprocessing, its FLOP count, and the packing of the GPU check's inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from plainnet.data import augment_batch, load_dataset, normalize
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "throughput.py"
+TINY = "plain8-8|16"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def test_benchmark_runs_end_to_end_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--device", "cpu", "--models", TINY, "--steps", "2", "--reps", "2", "--warmup", "1"]
+    args += ["--train-images", "300", "--test-images", "200", "--eval-images", "200"]
+    result = run_bench(*args, "--workers", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    r = json.loads(out.read_text())
+    assert r["environment"]["device"] == "cpu"
+    assert r["batch_size"] == 100
+    assert r["peak_flops_per_second"] > 1e9  # a measured matmul: at least 1 GFLOP/s
+    m = r["models"][TINY]
+    for kind in ("plainnet", "conventional"):
+        p = m[kind]
+        rate = p["train_images_per_second"]
+        assert len(rate["reps"]) == 2 and all(v > 0 for v in rate["reps"])
+        assert rate["min"] <= rate["median"] <= rate["max"]
+        assert p["seconds_per_epoch"] == pytest.approx(50_000 / rate["median"])
+        assert p["eval_images_per_second"]["median"] > 0
+        assert p["peak_memory_mib"] > 10  # this process's resident set: torch alone is more
+        assert p["achieved_flops_per_second"] == pytest.approx(
+            m["training_flops_per_image"] * rate["median"]
+        )
+    # plainnet runs what `plainnet train` runs on a CPU: channels-last, fp32, eager.
+    assert m["plainnet"]["switches"] == {"amp": False, "channels_last": True, "compile": False}
+    pairs = [
+        a / b
+        for a, b in zip(
+            m["plainnet"]["train_images_per_second"]["reps"],
+            m["conventional"]["train_images_per_second"]["reps"],
+            strict=True,
+        )
+    ]
+    assert m["ratio"]["train"]["median"] == pytest.approx(float(np.median(pairs)))
+    # The printed table carries the same figures.
+    assert "| " + TINY in result.stdout and "**ratio**" in result.stdout
+
+
+def test_user_mistakes_end_in_one_line(capsys):
+    bench = load_bench()
+    assert bench.main(["--device", "cpu", "--models", "nosuchnet", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("throughput: error: unknown model 'nosuchnet'")
+    args = ["--device", "cpu", "--models", TINY, "--train-images", "50", "--test-images", "10"]
+    assert bench.main(args) == 2
+    assert "at least one batch" in capsys.readouterr().err
+
+
+def test_conventional_preprocessing_matches_plainnet(cifar10_jpeg_data):
+    """The DataLoader pipeline's per-image transforms produce what plainnet's batched
+    augmentation and normalisation produce: the same images, just made another way."""
+    bench = load_bench()
+    data = cifar10_jpeg_data
+    images = data.train_images[:16]
+    hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
+    labels = data.train_labels[:16].numpy()
+    mean, std = torch.tensor(data.mean), torch.tensor(data.std)
+    expected = normalize(images, mean, std)
+
+    plain = bench.ConventionalCIFAR(hwc, labels, data.mean, data.std, train=False)
+    got = torch.stack([plain[i][0] for i in range(16)])
+    assert [plain[i][1] for i in range(16)] == labels.tolist()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+    # Training: each output is one of the 9 x 9 x 2 pad-4 crops and flips of its image, and
+    # over many draws the shifts cover the whole range.
+    torch.manual_seed(0)
+    augmented = bench.ConventionalCIFAR(hwc, labels, data.mean, data.std, train=True)
+    candidates = [
+        (dy, dx, flip) for dy in range(-4, 5) for dx in range(-4, 5) for flip in (False, True)
+    ]
+    seen = set()
+    for i in range(16):
+        x = augmented[i][0]
+        img = images[i : i + 1].expand(len(candidates), -1, -1, -1)
+        shifts = torch.tensor([[dy, dx] for dy, dx, _ in candidates])
+        flips = torch.tensor([f for _, _, f in candidates])
+        options = normalize(augment_batch(img, "padcrop", shifts, flips), mean, std)
+        match = [k for k in range(len(candidates)) if torch.allclose(options[k], x, atol=1e-5)]
+        assert match, f"image {i}: not a pad-4 crop/flip of its source"
+        seen.add(candidates[match[0]][:2])
+    assert len(seen) > 8  # random crops, not one fixed offset
+
+
+def test_training_flops_count_forward_and_backward():
+    """A two-conv plain net by hand: forward, weight gradients, and input gradients for all
+    layers except the first (the images need no gradient)."""
+    bench = load_bench()
+    conv1 = 2 * 3 * 8 * 9 * 32 * 32  # 3 -> 8 channels, 3x3, at 32 x 32
+    conv2 = 2 * 8 * 16 * 9 * 16 * 16  # 8 -> 16 after the 2x2 pooling
+    fc = 2 * 16 * 512
+    classifier = 2 * 512 * 100
+    forward = conv1 + conv2 + fc + classifier
+    expected = 2 * forward + (conv2 + fc + classifier)
+    assert bench.training_flops("plain8|16", 100) == expected
+
+
+def _jpeg_folder(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for cls in ("cat", "dog"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=90)
+
+
+def test_pack_gpu_inputs_round_trip(tmp_path, monkeypatch):
+    src = tmp_path / "jpegs"
+    _jpeg_folder(src)
+    archive = tmp_path / "out" / "cifar10-jpeg.tar.gz"
+    script = ROOT / "benchmarks" / "pack_gpu_inputs.sh"
+    result = subprocess.run(
+        ["bash", str(script), str(src), str(archive)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "12 images" in result.stdout
+    with tarfile.open(archive) as tar:
+        names = sorted(m.name for m in tar.getmembers() if m.isfile())
+        assert all(m.uid == 0 and m.mtime == 0 for m in tar.getmembers())
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    assert names[0] == "cifar10-jpeg/test/cat/0000.jpg" and len(names) == 12
+    monkeypatch.setenv("PLAINNET_CACHE", str(tmp_path / "cache"))
+    unpacked = load_dataset("folder", tmp_path / "unpacked" / "cifar10-jpeg")
+    original = load_dataset("folder", src)
+    assert torch.equal(unpacked.train_images, original.train_images)
+    assert unpacked.classes == ["cat", "dog"]
+
+    bad = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no train/ and test/" in bad.stderr
+
+
+def test_gpu_check_script_is_valid_bash():
+    for name in ("gpu_check.sh", "pack_gpu_inputs.sh"):
+        result = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / name)])
+        assert result.returncode == 0, name
+    usage = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True
+    )
+    assert usage.returncode == 2 and "usage" in usage.stderr
