@@ -46,6 +46,7 @@ from plainnet.schedules import ScheduledLR, paper_schedule
 from plainnet.train import (
     DEFAULT_WEIGHT_DECAY,
     TrainConfig,
+    build_model_and_optimizer,
     environment,
     epoch_plan,
     make_train_step,
@@ -149,15 +150,11 @@ class PlainnetPipeline(Pipeline):
     ):
         self.switches = resolve_switches(cfg, device)
         torch.manual_seed(0)
-        model = build_model(model_name, data.num_classes).to(device)
-        if self.switches["channels_last"]:
-            model = model.to(memory_format=torch.channels_last)
-        # As `plainnet.train._train_locked` builds it: fused SGD on CUDA, foreach on the CPU.
-        optimizer = torch.optim.SGD(
-            param_groups(model, weight_decay_for(model_name)),
-            lr=0.0,
-            momentum=0.9,
-            **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+        model, optimizer = build_model_and_optimizer(
+            cfg,
+            data.num_classes,
+            device,
+            channels_last=self.switches["channels_last"],
         )
         iters = len(data.train_labels) // BATCH
         scheduler = ScheduledLR(optimizer, paper_schedule("sgdr", iters, 1.0))

@@ -264,3 +264,22 @@ def test_loaded_dataset_matches_official_cifar100_layout(tiny_cifar100, tmp_path
         summary["parameters"] > 0
         and RunDir(tmp_path / "run").read_config()["resolved"]["num_classes"] == 100
     )
+
+
+def test_tensorboard_option_needs_the_package(tiny_cifar10, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    cfg = TrainConfig(
+        model="plain8|16", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=1, tensorboard=True
+    )
+    with pytest.raises(UserError, match="pip install tensorboard"):
+        train(cfg, tmp_path / "run", log=quiet)
+    assert RunDir(tmp_path / "run").is_empty()  # nothing written: the same command can rerun

@@ -28,16 +28,14 @@ import torch
 
 from plainnet.data import ImageData, load_dataset
 from plainnet.errors import UserError
-from plainnet.models import build_model
 from plainnet.run_dir import write_json
 from plainnet.schedules import ScheduledLR
 from plainnet.train import (
-    DEFAULT_WEIGHT_DECAY,
     TrainConfig,
+    build_model_and_optimizer,
     environment,
     epoch_plan,
     make_train_step,
-    param_groups,
     resolve_device,
     resolve_switches,
 )
@@ -156,16 +154,8 @@ def lr_find(
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes, width_mult=cfg.width_mult).to(device)
-    if switches["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    family = "resnet" if cfg.model.startswith("resnet") else "plain"
-    weight_decay = DEFAULT_WEIGHT_DECAY[family] if cfg.weight_decay is None else cfg.weight_decay
-    optimizer = torch.optim.SGD(
-        param_groups(model, weight_decay),
-        lr=0.0,
-        momentum=cfg.momentum,
-        **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+    model, optimizer = build_model_and_optimizer(
+        cfg, data.num_classes, device, channels_last=switches["channels_last"]
     )
     ramp = ExponentialRamp(start_lr, end_lr, iters)
     step = make_train_step(
@@ -225,7 +215,7 @@ def lr_find(
         "diverge": diverge,
         "stop_reason": stop_reason,
         "seconds": seconds,
-        "weight_decay": weight_decay,
+        "weight_decay": optimizer.param_groups[0]["weight_decay"],
         "train_images": n,
         "dataset": data.name,
         "suggested": suggestion,

@@ -13,6 +13,7 @@ the CPU with ``deterministic=True``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -21,6 +22,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,6 +189,35 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def build_model_and_optimizer(
+    cfg: TrainConfig,
+    num_classes: int,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    sync_bn: bool = False,
+) -> tuple[nn.Module, torch.optim.SGD]:
+    """The model on ``device`` and its SGD optimizer as the authors' recipe has them: momentum
+    ``cfg.momentum``, the model family's weight decay on `decayed_parameters` only (unless
+    ``cfg.weight_decay`` overrides it), fused on CUDA and foreach on the CPU. The rate is set
+    every iteration by `ScheduledLR`. Seed the global RNG first: it draws the initial weights."""
+    model = build_model(cfg.model, num_classes, width_mult=cfg.width_mult)
+    family = "resnet" if cfg.model.startswith("resnet") else "plain"
+    weight_decay = DEFAULT_WEIGHT_DECAY[family] if cfg.weight_decay is None else cfg.weight_decay
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        param_groups(model, weight_decay),
+        lr=0.0,
+        momentum=cfg.momentum,
+        **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+    )
+    return model, optimizer
+
+
 def epoch_plan(
     seed: int, epoch: int, rank: int, n: int, augment: str, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -300,7 +331,8 @@ class StopRequest:
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
-        if threading_main():
+        # Signal handlers can only be installed from the main thread (not in a notebook worker).
+        if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
@@ -313,12 +345,6 @@ class StopRequest:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 class Progress:
@@ -387,17 +413,8 @@ def train(
             log(f"{run.path}: already finished (test error {summary['test_error']:.2f} %)")
             return summary
 
-    guard = run.locked() if world.is_main else _nothing()
-    with guard:
+    with run.locked() if world.is_main else contextlib.nullcontext():
         return _train_locked(cfg, run, device, world, data, log)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _train_locked(
@@ -443,20 +460,14 @@ def _train_locked(
     # ---- model, optimizer, schedule ----
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes, width_mult=cfg.width_mult)
-    family = "resnet" if cfg.model.startswith("resnet") else "plain"
-    weight_decay = DEFAULT_WEIGHT_DECAY[family] if cfg.weight_decay is None else cfg.weight_decay
-    if world.distributed and cfg.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device)
-    if switches["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups(model, weight_decay),
-        lr=0.0,
-        momentum=cfg.momentum,
-        **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+    model, optimizer = build_model_and_optimizer(
+        cfg,
+        data.num_classes,
+        device,
+        channels_last=switches["channels_last"],
+        sync_bn=world.distributed and cfg.sync_bn,
     )
+    weight_decay = optimizer.param_groups[0]["weight_decay"]
     schedule = paper_schedule(
         cfg.schedule,
         iters_per_epoch,
@@ -528,10 +539,10 @@ def _train_locked(
         "command": sys.argv,
     }
     parameters = count_parameters(model)
+    writer = _tensorboard(run) if (cfg.tensorboard and world.is_main) else None
     if world.is_main:
         run.write_config(config_record)
         run.write_summary(_summary(cfg, history, parameters, "running", num_epochs))
-    writer = _tensorboard(run) if (cfg.tensorboard and world.is_main) else None
     amp = switches["amp"]
     params = [p for p in model.parameters() if p.requires_grad]
     progress = Progress(world.is_main)
