@@ -214,7 +214,7 @@ def _grid_base(args: argparse.Namespace) -> dict:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from plainnet.experiments import QUICK, reproduce
+    from plainnet.experiments import PAPER_SEEDS, QUICK, reproduce
 
     if args.quick:  # fill in what the user did not set
         for key in ("scale", "train_limit", "test_limit", "batch_size"):
@@ -222,7 +222,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
             if getattr(args, key) == default:
                 setattr(args, key, QUICK[key])
         args.seeds = args.seeds or list(QUICK["seeds"])
-    seeds = args.seeds or [0, 1, 2]
+    seeds = args.seeds or list(PAPER_SEEDS)
     reproduce(
         args.out,
         _grid_base(args),
