@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # One log line per epoch should reach a file or a pipe when it is printed, not at exit.
+    if hasattr(sys.stdout, "reconfigure"):  # absent when a caller swapped in another stream
+        sys.stdout.reconfigure(line_buffering=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -454,7 +454,15 @@ def _train_locked(
     shard = slice(world.rank, None, world.size)
     train_x = data.train_images[shard].to(device).contiguous()
     train_y = data.train_labels[shard].to(device)
-    test = data.to(device) if world.is_main else None
+    test = None
+    if world.is_main:  # rank 0 evaluates; only the test split goes to the device beside train_x
+        test = dataclasses.replace(
+            data,
+            train_images=train_x[:0],
+            train_labels=train_y[:0],
+            test_images=data.test_images.to(device),
+            test_labels=data.test_labels.to(device),
+        )
     size = tuple(train_x.shape[-2:])
 
     # ---- model, optimizer, schedule ----
@@ -574,7 +582,9 @@ def _train_locked(
             sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, wrong, seen
             seconds = 0.0
             if first and partial is not None:
-                sums += torch.tensor(partial["sums"], device=device, dtype=torch.float64)
+                # The saved sums are totals over all ranks: rank 0 alone carries them forward.
+                if world.is_main:
+                    sums += torch.tensor(partial["sums"], device=device, dtype=torch.float64)
                 seconds = float(partial["seconds"])
             model.train()
             _sync(device)
@@ -615,7 +625,7 @@ def _train_locked(
                 status = "diverged"
                 break
             if stopping and step < steps:
-                checkpoint(epoch, step, {"sums": sums.tolist(), "seconds": seconds})
+                checkpoint(epoch, step, {"sums": totals, "seconds": seconds})
                 status = "interrupted"
                 log(f"interrupted at epoch {epoch + 1}, step {step}: checkpoint saved")
                 break
