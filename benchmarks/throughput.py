@@ -49,9 +49,9 @@ from plainnet.train import (
     build_model_and_optimizer,
     environment,
     epoch_plan,
-    make_train_step,
     param_groups,
     predict,
+    recipe_train_step,
     resolve_device,
     resolve_switches,
 )
@@ -158,21 +158,12 @@ class PlainnetPipeline(Pipeline):
         )
         iters = len(data.train_labels) // BATCH
         scheduler = ScheduledLR(optimizer, paper_schedule("sgdr", iters, 1.0))
+        self.step = recipe_train_step(
+            model, optimizer, scheduler, cfg, self.switches, data, device, compile_mode=compile_mode
+        )
+        # `predict` reads the normalisation constants from here (already on the device).
         self.stats = SimpleNamespace(
             mean=torch.tensor(data.mean, device=device), std=torch.tensor(data.std, device=device)
-        )
-        self.step = make_train_step(
-            model,
-            optimizer,
-            scheduler,
-            mean=self.stats.mean,
-            std=self.stats.std,
-            augment=cfg.augment,
-            amp=self.switches["amp"],
-            channels_last=self.switches["channels_last"],
-            compile=self.switches["compile"],
-            clip_norm=cfg.clip_norm,
-            compile_mode=compile_mode,
         )
         self.model, self.device, self.augment = model, device, cfg.augment
         self.train_x = data.train_images.to(device).contiguous()

@@ -26,3 +26,13 @@ def test_bad_option_is_one_line_without_traceback():
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "must be a positive number" in result.stderr.strip().splitlines()[-1]
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli("schedules", "-o", str(blocker / "fig2.png"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"plainnet: error: {blocker}: ")

@@ -369,6 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"plainnet: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # an output path the user gave that cannot be written, and the like
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"plainnet: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("plainnet: interrupted (rerun the same command to continue)", file=sys.stderr)
         return 130

@@ -35,7 +35,7 @@ from plainnet.train import (
     build_model_and_optimizer,
     environment,
     epoch_plan,
-    make_train_step,
+    recipe_train_step,
     resolve_device,
     resolve_switches,
 )
@@ -158,17 +158,8 @@ def lr_find(
         cfg, data.num_classes, device, channels_last=switches["channels_last"]
     )
     ramp = ExponentialRamp(start_lr, end_lr, iters)
-    step = make_train_step(
-        model,
-        optimizer,
-        ScheduledLR(optimizer, ramp),
-        mean=torch.tensor(data.mean, device=device),
-        std=torch.tensor(data.std, device=device),
-        augment=cfg.augment,
-        amp=switches["amp"],
-        channels_last=switches["channels_last"],
-        compile=switches["compile"],
-        clip_norm=cfg.clip_norm,
+    step = recipe_train_step(
+        model, optimizer, ScheduledLR(optimizer, ramp), cfg, switches, data, device
     )
 
     model.train()

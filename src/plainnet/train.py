@@ -276,6 +276,33 @@ def make_train_step(
     return step
 
 
+def recipe_train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: ScheduledLR,
+    cfg: TrainConfig,
+    switches: dict[str, bool],
+    data: ImageData,
+    device: torch.device,
+    **kwargs: Any,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple]:
+    """`make_train_step` set up from a run's `TrainConfig`, its resolved speed switches
+    (`resolve_switches`) and its data set's normalisation constants."""
+    return make_train_step(
+        net,
+        optimizer,
+        scheduler,
+        mean=torch.tensor(data.mean, device=device),
+        std=torch.tensor(data.std, device=device),
+        augment=cfg.augment,
+        amp=switches["amp"],
+        channels_last=switches["channels_last"],
+        compile=switches["compile"],
+        clip_norm=cfg.clip_norm,
+        **kwargs,
+    )
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -513,18 +540,7 @@ def _train_locked(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    train_step = make_train_step(
-        net,
-        optimizer,
-        scheduler,
-        mean=torch.tensor(data.mean, device=device),
-        std=torch.tensor(data.std, device=device),
-        augment=cfg.augment,
-        amp=switches["amp"],
-        channels_last=switches["channels_last"],
-        compile=switches["compile"],
-        clip_norm=cfg.clip_norm,
-    )
+    train_step = recipe_train_step(net, optimizer, scheduler, cfg, switches, data, device)
 
     config_record = {
         "config": dataclasses.asdict(cfg),
