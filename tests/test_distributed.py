@@ -69,7 +69,7 @@ def test_two_processes_match_single_process_on_real_data(cifar10_jpeg, tmp_path)
     ]  # fmt: skip
     e = env() if cache is None else {**env(), "PLAINNET_CACHE": cache}
     ddp = subprocess.run(torchrun(tmp_path / "ddp", *args), capture_output=True, text=True, env=e)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.returncode == 0, ddp.stdout[-1500:] + ddp.stderr[-3000:]
     single_cmd = [sys.executable, "-m", "plainnet", "train", "--out", str(tmp_path / "one")]
     single = subprocess.run([*single_cmd, *args], capture_output=True, text=True, env=e)
     assert single.returncode == 0, single.stderr[-3000:]
@@ -98,7 +98,7 @@ def test_killed_torchrun_run_resumes_bitwise(cifar_factory, tmp_path):
     straight = subprocess.run(
         torchrun(tmp_path / "straight", *args), capture_output=True, text=True, env=env()
     )
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert straight.returncode == 0, straight.stdout[-1500:] + straight.stderr[-3000:]
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -115,7 +115,7 @@ def test_killed_torchrun_run_resumes_bitwise(cifar_factory, tmp_path):
     assert RunDir(out).read_summary()["status"] == "running"
 
     resumed = subprocess.run(torchrun(out, *args), capture_output=True, text=True, env=env())
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stdout[-1500:] + resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
     assert RunDir(out).read_summary()["status"] == "finished"
     x, y = RunDir(tmp_path / "straight").load_checkpoint(), RunDir(out).load_checkpoint()

@@ -696,6 +696,9 @@ def _train_locked(
     summary = _summary(cfg, history, parameters, status, num_epochs)
     if world.is_main:
         run.write_summary(summary)
+    # Ranks other than 0 skip the evaluation and the writing: they wait here, so that every rank
+    # leaves the loop, and later destroys the process group, together with rank 0.
+    distributed.barrier(world)
     if writer is not None:
         writer.close()
     if status == "diverged":
