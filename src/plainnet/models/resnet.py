@@ -43,9 +43,12 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        # In place: both inputs are fresh tensors that backward does not need (BatchNorm's
+        # backward keeps its input, not its output). Saves a 6 MB allocation per ReLU at batch
+        # 100, about 3 % of a ResNet-110 step on a 2-core CPU.
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(out + self.shortcut(x), inplace=True)
 
 
 class CifarResNet(nn.Module):
