@@ -16,8 +16,9 @@ import torch
 
 from plainnet.data import load_dataset
 from plainnet.errors import UserError
+from plainnet.models import build_model
 from plainnet.run_dir import RunDir
-from plainnet.train import TrainConfig, train
+from plainnet.train import TrainConfig, default_eval_batch_size, predict, train
 
 SMALL = "plain16-16|32-32|64"  # a 5-layer member of the plain family: seconds per epoch on a CPU
 
@@ -45,6 +46,19 @@ def test_learns_on_real_cifar10_jpegs(cifar10_jpeg_data, tmp_path):
     assert summary["best_test_error"] == min(r["test_error"] for r in rows)
 
 
+def test_evaluation_does_not_depend_on_its_batch_size(cifar10_jpeg_data):
+    # The default batch differs by device (1,000 on CUDA, 100 on the CPU); the result must not.
+    torch.manual_seed(0)
+    model = build_model(SMALL, 10)
+    images = cifar10_jpeg_data.test_images[:1000]
+    assert default_eval_batch_size(images.device) == 100
+    by_batch = {b: predict(model, images, cifar10_jpeg_data, batch_size=b) for b in (37, 1000)}
+    default = predict(model, images, cifar10_jpeg_data)
+    for logits in by_batch.values():
+        torch.testing.assert_close(logits, default, rtol=1e-4, atol=1e-4)
+        assert torch.equal(logits.argmax(1), default.argmax(1))
+
+
 def test_run_directory_contents(tiny_cifar10, tmp_path):
     cfg = TrainConfig(
         model="plain8|16", schedule="sgdr", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=2
@@ -56,6 +70,7 @@ def test_run_directory_contents(tiny_cifar10, tmp_path):
     assert config["config"]["epochs"] == 2
     assert config["resolved"]["iters_per_epoch"] == 1  # 100 images, batch 100
     assert config["resolved"]["weight_decay"] == 1e-3
+    assert config["resolved"]["eval_batch_size"] == 100  # the CPU default
     assert config["environment"]["torch"] == torch.__version__
     assert config["environment"]["device"] == "cpu"
     assert set(summary) >= {"test_error", "mean_train_seconds", "epochs", "parameters", "status"}

@@ -90,6 +90,11 @@ def add_run_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
     g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     g.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     g.add_argument("--deterministic", action="store_true", help="bitwise repeatable on the CPU")
+    g.add_argument(
+        "--eval-batch-size",
+        type=positive_int,
+        help="test images per batch (default: 1000 on CUDA, 100 on the CPU)",
+    )
     g = p.add_argument_group("several processes (torchrun)")
     g.add_argument(
         "--scale-batch",

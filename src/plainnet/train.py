@@ -82,7 +82,7 @@ class TrainConfig:
     deterministic: bool = False
     scale_batch: bool = False  # under torchrun: global batch = batch_size * world size, lr too
     sync_bn: bool = False
-    eval_batch_size: int = 1000
+    eval_batch_size: int | None = None  # None: `default_eval_batch_size` for the device
     tensorboard: bool = False
     snapshots: bool = True  # keep the weights at the end of each CLR/SGDR cycle (snapshots/)
 
@@ -303,17 +303,26 @@ def recipe_train_step(
     )
 
 
+def default_eval_batch_size(device: torch.device) -> int:
+    """Images per evaluation batch: large on a GPU (fewer launches), small on a CPU, where a
+    batch of 100 stays in cache (measured on 2 cores: 1.3x faster than 1,000 for Plain-11,
+    1.9x for ResNet-110)."""
+    return 1000 if device.type == "cuda" else 100
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
     images: torch.Tensor,
     data: ImageData,
     *,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     amp: bool = False,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """Logits (float32) for uint8 ``images`` already on the model's device, in eval mode."""
+    """Logits (float32) for uint8 ``images`` already on the model's device, in eval mode,
+    ``batch_size`` images at a time (None: `default_eval_batch_size`)."""
+    batch_size = batch_size or default_eval_batch_size(images.device)
     was_training = model.training
     model.eval()
     outs = []
@@ -541,6 +550,7 @@ def _train_locked(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     train_step = recipe_train_step(net, optimizer, scheduler, cfg, switches, data, device)
+    eval_batch_size = cfg.eval_batch_size or default_eval_batch_size(device)
 
     config_record = {
         "config": dataclasses.asdict(cfg),
@@ -553,6 +563,7 @@ def _train_locked(
             "epochs": num_epochs,
             "schedule_epochs": schedule.epochs,
             "global_batch": global_batch,
+            "eval_batch_size": eval_batch_size,
             "world_size": world.size,
             "train_images": len(data.train_labels),
             "test_images": len(data.test_labels),
@@ -651,7 +662,7 @@ def _train_locked(
                 evaluate(
                     model,
                     test,
-                    batch_size=cfg.eval_batch_size,
+                    batch_size=eval_batch_size,
                     amp=amp,
                     channels_last=switches["channels_last"],
                 )
