@@ -7,7 +7,7 @@ weight decay, clipping at 10, the SGDR schedule) at batch size 100 on the same d
 - plainnet: `plainnet.train.make_train_step` as `plainnet train` builds it: the images resident
   on the device as uint8, each epoch's order and augmentation drawn by `epoch_plan`, batched
   on-device augmentation, and the ``auto`` speed switches of `resolve_switches` (bf16 autocast,
-  channels-last, torch.compile where they pay on the device);
+  channels-last, torch.compile and CUDA graphs where they pay on the device);
 - conventional: a `torch.utils.data.DataLoader` over the same images (numpy HWC uint8) with
   per-image pad-4 random crop, flip, ToTensor and Normalize on CPU worker processes, fp32,
   default memory format, eager, ``loss.item()`` and accuracy read every step.
@@ -146,7 +146,6 @@ class PlainnetPipeline(Pipeline):
         data: ImageData,
         device: torch.device,
         cfg: TrainConfig,
-        compile_mode: str | None = None,
     ):
         self.switches = resolve_switches(cfg, device)
         torch.manual_seed(0)
@@ -158,9 +157,7 @@ class PlainnetPipeline(Pipeline):
         )
         iters = len(data.train_labels) // BATCH
         scheduler = ScheduledLR(optimizer, paper_schedule("sgdr", iters, 1.0))
-        self.step = recipe_train_step(
-            model, optimizer, scheduler, cfg, self.switches, data, device, compile_mode=compile_mode
-        )
+        self.step = recipe_train_step(model, optimizer, scheduler, cfg, self.switches, data, device)
         # `predict` reads the normalisation constants from here (already on the device).
         self.stats = SimpleNamespace(
             mean=torch.tensor(data.mean, device=device), std=torch.tensor(data.std, device=device)
@@ -384,7 +381,11 @@ def profile_step(pipe: PlainnetPipeline, steps: int = 3, rows: int = 15) -> str:
 def measure_model(model_name: str, data: ImageData, device: torch.device, args) -> dict:
     """Both pipelines (or ``args.only``) for one model, interleaved repetition by repetition."""
     cfg = TrainConfig(
-        model=model_name, amp=args.amp, channels_last=args.channels_last, compile=args.compile
+        model=model_name,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
     )
     pipes: list[Pipeline] = []
     compile_seconds = {}
@@ -392,7 +393,7 @@ def measure_model(model_name: str, data: ImageData, device: torch.device, args) 
         if args.only not in (None, kind):
             continue
         pipe = (
-            PlainnetPipeline(model_name, data, device, cfg, args.compile_mode)
+            PlainnetPipeline(model_name, data, device, cfg)
             if kind == "plainnet"
             else ConventionalPipeline(model_name, data, device, args.workers)
         )
@@ -494,8 +495,7 @@ def worker_options(args) -> list[str]:
     opts += ["--warmup", str(args.warmup), "--eval-images", str(args.eval_images)]
     opts += ["--train-images", str(args.train_images), "--test-images", str(args.test_images)]
     opts += ["--amp", args.amp, "--channels-last", args.channels_last, "--compile", args.compile]
-    if args.compile_mode:
-        opts += ["--compile-mode", args.compile_mode]
+    opts += ["--cuda-graphs", args.cuda_graphs]
     if args.dataset != "synthetic":
         opts += ["--dataset", args.dataset] + (
             ["--data-dir", args.data_dir] if args.data_dir else []
@@ -575,7 +575,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="plainnet bf16")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--compile-mode", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--only", choices=["plainnet", "conventional"], help="measure one pipeline")
     p.add_argument("--profile", action="store_true", help="print the top ops of plainnet's step")
     p.add_argument("--concurrent", type=int, default=0, metavar="K",

@@ -65,7 +65,12 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path):
             m["training_flops_per_image"] * rate["median"]
         )
     # plainnet runs what `plainnet train` runs on a CPU: channels-last, fp32, eager.
-    assert m["plainnet"]["switches"] == {"amp": False, "channels_last": True, "compile": False}
+    assert m["plainnet"]["switches"] == {
+        "amp": False,
+        "channels_last": True,
+        "compile": False,
+        "cuda_graphs": False,
+    }
     pairs = [
         a / b
         for a, b in zip(

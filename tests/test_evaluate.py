@@ -87,6 +87,18 @@ def tiny_run(trained, tmp_path):
     return shutil.copytree(trained[1], tmp_path / "run")
 
 
+def test_run_trained_with_cuda_graphs_evaluates_on_the_cpu(tiny_run):
+    """A run made on a GPU with ``--cuda-graphs on`` (its config.json says so) evaluates with
+    ``--device cpu``, to the same error: CUDA graphs concern the training step alone."""
+    reference = evaluate_path(tiny_run, log=quiet)
+    run = RunDir(tiny_run)
+    record = run.read_config()
+    record["config"].update(device="cuda", compile="on", cuda_graphs="on")
+    run.write_config(record)
+    moved = evaluate_path(tiny_run, overrides={"device": "cpu"}, log=quiet)
+    assert moved["test_error"] == reference["test_error"]
+
+
 def test_ensemble_of_identical_snapshots_equals_the_single_model(tiny_run):
     paths = RunDir(tiny_run).snapshot_paths()
     assert [p.name for p in paths] == [f"iter{t:08d}.pt" for t in (2, 6, 14, 30)]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from plainnet.errors import UserError
 from plainnet.models import build_model
 from plainnet.schedules import ScheduledLR, paper_schedule
 from plainnet.train import TrainConfig, make_train_step, param_groups, resolve_switches, train
@@ -128,7 +129,28 @@ def test_auto_switches_on_cuda():
         "amp": True,
         "channels_last": True,
         "compile": True,
+        "cuda_graphs": True,
     }
+    # Under torchrun (DDP) CUDA graphs stay off unless asked for; without compile they cannot be.
+    assert not resolve_switches(TrainConfig(), dev, distributed=True)["cuda_graphs"]
+    assert resolve_switches(TrainConfig(cuda_graphs="on"), dev, distributed=True)["cuda_graphs"]
+    assert not resolve_switches(TrainConfig(compile="off"), dev)["cuda_graphs"]
+
+
+def test_speed_switches_on_the_cpu():
+    """The CPU gets channels-last alone; CUDA graphs asked for there are one clear error."""
+    cpu = on("cpu")
+    assert resolve_switches(TrainConfig(), cpu) == {
+        "amp": False,
+        "channels_last": True,
+        "compile": False,
+        "cuda_graphs": False,
+    }
+    for cfg in (TrainConfig(cuda_graphs="on"), TrainConfig(cuda_graphs="on", compile="on")):
+        with pytest.raises(UserError, match="--cuda-graphs on needs --device cuda"):
+            resolve_switches(cfg, cpu)
+    with pytest.raises(UserError, match="--cuda-graphs must be one of"):
+        TrainConfig(cuda_graphs="yes").validate()
 
 
 @pytest.mark.gpu

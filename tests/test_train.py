@@ -159,6 +159,22 @@ def test_other_configuration_in_same_directory_is_refused(tiny_cifar10, tmp_path
         train(TrainConfig(**base), tmp_path / "other", log=quiet)
 
 
+def test_run_made_before_a_new_option_existed_resumes(tiny_cifar10, tmp_path):
+    """A config.json without an option that plainnet added later (here ``cuda_graphs``) is the
+    same configuration when the option is at its default, and another one when it is not."""
+    base = dict(model="plain8|16", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=2)
+    run = RunDir(tmp_path / "run")
+    train(TrainConfig(**base), run.path, log=quiet)
+    record = run.read_config()
+    del record["config"]["cuda_graphs"]
+    run.write_config(record)
+    run.write_summary({**run.read_summary(), "status": "running"})
+    summary = train(TrainConfig(**base), run.path, log=quiet)
+    assert summary["status"] == "finished" and summary["epochs_done"] == 2
+    with pytest.raises(UserError, match=r"another configuration \(differs in: cuda_graphs\)"):
+        train(TrainConfig(**base, cuda_graphs="off"), run.path, log=quiet)
+
+
 def test_divergence_stops_with_status_and_keeps_last_good_checkpoint(tiny_cifar10, tmp_path):
     run = tmp_path / "run"
     # The step schedule's warm-up epoch runs at lr_min, then lr_max blows the weights up.
@@ -246,6 +262,7 @@ def test_bad_input_is_one_line(tmp_path, tiny_cifar10):
         (["--lr-max", "-1"], "must be a positive number"),
         (["--epochs", "0"], "must be a positive number"),
         (["--schedule", "cosine"], "invalid choice"),
+        (["--device", "cpu", "--cuda-graphs", "on"], "--cuda-graphs on needs --device cuda"),
         (["--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")], "cifar"),
     ]
     for extra, message in cases:

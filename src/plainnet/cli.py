@@ -89,6 +89,12 @@ def add_run_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
     g.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast")
     g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     g.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    g.add_argument(
+        "--cuda-graphs",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="replay each step as CUDA graphs (torch.compile reduce-overhead; auto: CUDA, one process)",
+    )
     g.add_argument("--deterministic", action="store_true", help="bitwise repeatable on the CPU")
     g.add_argument(
         "--eval-batch-size",
@@ -305,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast")
     g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
     g.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    g.add_argument(
+        "--cuda-graphs",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="replay each step as CUDA graphs (torch.compile reduce-overhead; auto: CUDA, one process)",
+    )
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser(

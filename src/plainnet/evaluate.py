@@ -165,7 +165,9 @@ def evaluate_path(
         )
     snapshots = snapshots[-last:] if last else snapshots
     device = resolve_device(cfg.device)
-    switches = resolve_switches(cfg, device)  # the run's own settings: the same eval as train's
+    # The run's own settings: the same evaluation as train's. CUDA graphs concern the training
+    # step alone, so a run trained with them evaluates anywhere.
+    switches = resolve_switches(dataclasses.replace(cfg, cuda_graphs="off"), device)
 
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir)

@@ -53,8 +53,8 @@ class TrainConfig:
 
     Lengths: ``scale`` multiplies every schedule length; ``epochs`` is the same thing said as
     the run's length in epochs (``scale = epochs / paper_epochs``). ``"auto"`` switches resolve
-    by device: bf16 autocast, channels-last and ``torch.compile`` on CUDA; channels-last alone
-    on the CPU.
+    by device: bf16 autocast, channels-last, ``torch.compile`` and CUDA graphs on CUDA (CUDA
+    graphs in a single process only); channels-last alone on the CPU.
     """
 
     model: str = "plain11"
@@ -79,6 +79,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: str = "auto"
     compile: str = "auto"
+    cuda_graphs: str = "auto"  # torch.compile's reduce-overhead mode (needs CUDA and compile)
     deterministic: bool = False
     scale_batch: bool = False  # under torchrun: global batch = batch_size * world size, lr too
     sync_bn: bool = False
@@ -110,7 +111,7 @@ class TrainConfig:
             raise UserError("give --epochs or --scale, not both (--epochs N means N epochs)")
         if self.lr_min is not None and self.lr_max is not None and self.lr_min >= self.lr_max:
             raise UserError(f"--lr-min {self.lr_min} must be below --lr-max {self.lr_max}")
-        for name in ("device", "amp", "channels_last", "compile"):
+        for name in ("device", "amp", "channels_last", "compile", "cuda_graphs"):
             allowed = ("auto", "cpu", "cuda") if name == "device" else ("auto", "on", "off")
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
@@ -134,15 +135,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_switches(cfg: TrainConfig, device: torch.device) -> dict[str, bool]:
-    """Turn the ``auto`` speed switches into on/off for this device (see `TrainConfig`)."""
+def resolve_switches(
+    cfg: TrainConfig, device: torch.device, *, distributed: bool = False
+) -> dict[str, bool]:
+    """Turn the ``auto`` speed switches into on/off for this device (see `TrainConfig`).
+
+    ``distributed``: the run is one of several torchrun processes (CUDA graphs stay off there
+    unless asked for). Raises `UserError` for CUDA graphs without CUDA or without compile.
+    """
     cuda = device.type == "cuda"
     # Measured on a 2-core Xeon with AVX512-BF16 (benchmarks/throughput.py): bf16 autocast made
     # CPU training slower (104 vs 141 img/s for Plain-11), channels-last faster on both devices.
-    # torch.compile does not pay on that CPU (docs/readme/speed.md): Plain-11 181 vs 175 img/s
+    # torch.compile does not pay on that CPU (README, Speed): Plain-11 181 vs 175 img/s
     # after 37 s of compiling, ResNet-110 102 vs 112 img/s after 97 s; so it is CUDA-only.
+    # On an H100 a batch-100 step is bound by the host's kernel launches (eager Plain-11: 15.5 ms
+    # of CPU against 1.9 ms of GPU per step); CUDA graphs replay them in one go: 25,300 against
+    # 10,800 img/s. Not measured under DDP, whose gradient hooks run between the kernels.
     auto = {"amp": cuda, "channels_last": True, "compile": cuda}
-    return {k: auto[k] if getattr(cfg, k) == "auto" else getattr(cfg, k) == "on" for k in auto}
+    out = {k: auto[k] if getattr(cfg, k) == "auto" else getattr(cfg, k) == "on" for k in auto}
+    graphs_ok = cuda and out["compile"]
+    if cfg.cuda_graphs == "on" and not graphs_ok:
+        raise UserError("--cuda-graphs on needs --device cuda and torch.compile (--compile on)")
+    out["cuda_graphs"] = graphs_ok and (
+        cfg.cuda_graphs == "on" or (cfg.cuda_graphs == "auto" and not distributed)
+    )
+    return out
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -251,7 +268,7 @@ def make_train_step(
     this iteration's rate and updates. It returns ``(loss, wrong, lr)``: the mean loss and the
     number of misclassified images as device tensors (reading them would sync) and the rate.
     ``compile_mode`` is `torch.compile`'s mode (None: its default; ``"reduce-overhead"`` adds
-    CUDA-graph capture, measured by ``benchmarks/throughput.py --compile-mode``).
+    CUDA-graph capture: `recipe_train_step` asks for it when CUDA graphs are on).
     """
     forward = torch.compile(net, mode=compile_mode) if compile else net
     params = [p for p in net.parameters() if p.requires_grad]
@@ -284,10 +301,10 @@ def recipe_train_step(
     switches: dict[str, bool],
     data: ImageData,
     device: torch.device,
-    **kwargs: Any,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple]:
     """`make_train_step` set up from a run's `TrainConfig`, its resolved speed switches
-    (`resolve_switches`) and its data set's normalisation constants."""
+    (`resolve_switches`; CUDA graphs as torch.compile's ``"reduce-overhead"`` mode) and its
+    data set's normalisation constants."""
     return make_train_step(
         net,
         optimizer,
@@ -298,8 +315,8 @@ def recipe_train_step(
         amp=switches["amp"],
         channels_last=switches["channels_last"],
         compile=switches["compile"],
+        compile_mode="reduce-overhead" if switches.get("cuda_graphs") else None,
         clip_norm=cfg.clip_norm,
-        **kwargs,
     )
 
 
@@ -431,10 +448,12 @@ def train(
     log = log if world.is_main else (lambda _msg: None)
     stored = None if run.is_empty() or not run.config.exists() else run.read_config()
     options = dataclasses.asdict(cfg)
-    if stored is not None and stored.get("config") != options:
-        changed = sorted(
-            k for k in options if stored.get("config", {}).get(k, "<missing>") != options[k]
-        )
+    # An option added to plainnet after the run was made counts as its default.
+    stored_options = None
+    if stored is not None and isinstance(stored.get("config"), dict):
+        stored_options = {**dataclasses.asdict(TrainConfig()), **stored["config"]}
+    if stored is not None and stored_options != options:
+        changed = sorted(k for k in options if (stored_options or {}).get(k) != options[k])
         raise UserError(
             f"{run.path} holds a run with another configuration (differs in: "
             f"{', '.join(changed) or 'format'}); choose another --out or the same options"
@@ -467,7 +486,7 @@ def _train_locked(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     else:
         torch.backends.cudnn.benchmark = True
-    switches = resolve_switches(cfg, device)
+    switches = resolve_switches(cfg, device, distributed=world.distributed)
 
     # ---- data: the whole set on the device, this rank's shard of the training images ----
     if data is None:
