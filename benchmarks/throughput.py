@@ -47,6 +47,7 @@ from plainnet.train import (
     DEFAULT_WEIGHT_DECAY,
     TrainConfig,
     build_model_and_optimizer,
+    default_eval_batch_size,
     environment,
     epoch_plan,
     param_groups,
@@ -400,7 +401,10 @@ def measure_model(model_name: str, data: ImageData, device: torch.device, args) 
         # Warm-up, untimed: compilation, autotuning, worker start-up, allocator caches.
         note(f"{model_name} {kind}: warm-up ({args.warmup} steps)")
         compile_seconds[kind] = timed(lambda p=pipe: p.train_steps(args.warmup), device)[0]
-        timed(lambda p=pipe: p.evaluate(min(args.eval_images, 2 * BATCH)), device)
+        # Two full evaluation batches, so that cuDNN has tuned the evaluation's batch shape
+        # (on an H100 a smaller warm-up left a 0.47x outlier in the first timed repetition).
+        warm_eval = min(args.eval_images, 2 * default_eval_batch_size(device))
+        timed(lambda p=pipe, n=warm_eval: p.evaluate(n), device)
         pipes.append(pipe)
     if args.barrier:
         wait_barrier(args.barrier, args.barrier_count)
