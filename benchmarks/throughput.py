@@ -401,8 +401,9 @@ def measure_model(model_name: str, data: ImageData, device: torch.device, args) 
         # Warm-up, untimed: compilation, autotuning, worker start-up, allocator caches.
         note(f"{model_name} {kind}: warm-up ({args.warmup} steps)")
         compile_seconds[kind] = timed(lambda p=pipe: p.train_steps(args.warmup), device)[0]
-        # Two full evaluation batches, so that cuDNN has tuned the evaluation's batch shape
-        # (on an H100 a smaller warm-up left a 0.47x outlier in the first timed repetition).
+        # Two full evaluation batches, so that cuDNN has tuned the evaluation's batch shape: on
+        # an H100, a warm-up of 200 images left a 0.47x outlier in the first timed repetition
+        # (cause not proven; the evaluation batch there is 1,000).
         warm_eval = min(args.eval_images, 2 * default_eval_batch_size(device))
         timed(lambda p=pipe, n=warm_eval: p.evaluate(n), device)
         pipes.append(pipe)
