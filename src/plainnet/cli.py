@@ -54,6 +54,20 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-limit", type=positive_int, help="class-balanced test subset")
 
 
+def add_speed_switches(g: argparse._ArgumentGroup) -> None:
+    """The device and the speed switches of `TrainConfig` (train, reproduce, sweep, lr-find)."""
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast")
+    g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
+    g.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    g.add_argument(
+        "--cuda-graphs",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="replay each step as CUDA graphs (torch.compile reduce-overhead; auto: CUDA, one process)",
+    )
+
+
 def add_run_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
     """The options of one training run (`TrainConfig`); a grid sets model/schedule/seed itself."""
     from plainnet.data import AUGMENTATIONS
@@ -85,16 +99,7 @@ def add_run_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
     )
     g.add_argument("--width-mult", type=positive_float, default=1.0, help="plain family only")
     g = p.add_argument_group("speed")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast")
-    g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
-    g.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    g.add_argument(
-        "--cuda-graphs",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="replay each step as CUDA graphs (torch.compile reduce-overhead; auto: CUDA, one process)",
-    )
+    add_speed_switches(g)
     g.add_argument("--deterministic", action="store_true", help="bitwise repeatable on the CPU")
     g.add_argument(
         "--eval-batch-size",
@@ -307,16 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, help="default: the authors' value per model")
     g.add_argument("--clip-norm", type=float, default=10.0, help="0 disables clipping")
     g.add_argument("--augment", default="shift", choices=AUGMENTATIONS)
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast")
-    g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
-    g.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    g.add_argument(
-        "--cuda-graphs",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="replay each step as CUDA graphs (torch.compile reduce-overhead; auto: CUDA, one process)",
-    )
+    add_speed_switches(g)
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser(

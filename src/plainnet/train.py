@@ -315,7 +315,7 @@ def recipe_train_step(
         amp=switches["amp"],
         channels_last=switches["channels_last"],
         compile=switches["compile"],
-        compile_mode="reduce-overhead" if switches.get("cuda_graphs") else None,
+        compile_mode="reduce-overhead" if switches["cuda_graphs"] else None,
         clip_norm=cfg.clip_norm,
     )
 
