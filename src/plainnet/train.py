@@ -263,32 +263,51 @@ def make_train_step(
     """One SGD iteration as `plainnet train` runs it, on a batch already on the device.
 
     ``step(images_uint8, labels, shifts, flips)`` augments and normalises the batch (batched
-    tensor ops), runs forward and backward (bf16 autocast if ``amp``; channels-last if asked;
-    the network through ``torch.compile`` if ``compile``), clips the global gradient norm, sets
-    this iteration's rate and updates. It returns ``(loss, wrong, lr)``: the mean loss and the
-    number of misclassified images as device tensors (reading them would sync) and the rate.
-    ``compile_mode`` is `torch.compile`'s mode (None: its default; ``"reduce-overhead"`` adds
-    CUDA-graph capture: `recipe_train_step` asks for it when CUDA graphs are on).
+    tensor ops), runs forward and backward (bf16 autocast if ``amp``; channels-last if asked),
+    clips the global gradient norm, sets this iteration's rate and updates. It returns
+    ``(loss, wrong, lr)``: the mean loss and the number of misclassified images as device
+    tensors (reading them would sync) and the rate.
+
+    With ``compile``, `torch.compile` takes the whole forward side of the step, augmentation,
+    normalisation, network, loss and error count, as one graph (and so its backward as one
+    graph), and the gradient clipping as another. Of the step, only the loss's backward seed
+    and the optimizer's update are left to launch from Python: on a GPU the step is bound by
+    launches, not by arithmetic (README, Speed). ``compile_mode`` is `torch.compile`'s mode for
+    the forward side (None: its default; ``"reduce-overhead"`` adds CUDA-graph capture:
+    `recipe_train_step` asks for it when CUDA graphs are on). The clipping always compiles in
+    the default mode (fused kernels, no CUDA graph): its inputs, the gradients, are new tensors
+    every step.
     """
-    forward = torch.compile(net, mode=compile_mode) if compile else net
     params = [p for p in net.parameters() if p.requires_grad]
     device_type = mean.device.type
 
-    def step(images: torch.Tensor, labels: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor):
+    def forward_loss(
+        images: torch.Tensor, labels: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = normalize(augment_batch(images, augment, shifts, flips), mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-            logits = forward(x)
+            logits = net(x)
         loss = F.cross_entropy(logits.float(), labels)
+        return loss, (logits.argmax(1) != labels).sum()
+
+    def clip_gradients() -> None:
+        nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
+
+    if compile:
+        forward_loss = torch.compile(forward_loss, mode=compile_mode)
+        clip_gradients = torch.compile(clip_gradients)
+
+    def step(images: torch.Tensor, labels: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor):
+        loss, wrong = forward_loss(images, labels, shifts, flips)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm > 0:
-            nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
+            clip_gradients()
         lr = scheduler.step()
         optimizer.step()
-        with torch.no_grad():
-            return loss.detach(), (logits.argmax(1) != labels).sum(), lr
+        return loss.detach(), wrong, lr
 
     return step
 
