@@ -4,7 +4,8 @@
 # is also cut to what is left of 470 s; a step with under 20 s left is skipped):
 #   1. environment.txt     torch / CUDA / GPU, nvidia-smi
 #   2. throughput.{txt,json}  benchmarks/throughput.py: both pipelines, Plain-11 and ResNet-110,
-#                          and a profile of one step (if compiling fails: throughput_eager.*,
+#                          a profile of one step and its kernel launches and CUDA-graph
+#                          replays (if compiling fails: throughput_eager.*,
 #                          and the later steps run with --compile off)
 #   3. train.txt, run/     plainnet train: Plain-11, SGDR, --scale 0.1 (18 epochs), CIFAR-10 JPEGs
 #   4. pytest.txt          the GPU-only tests (pytest -m gpu), on the real CIFAR-10 JPEGs

@@ -367,16 +367,49 @@ def _matmul_rate(a: torch.Tensor, device: torch.device, reps: int = 5) -> float:
     return max(rates)  # peak: the best repetition
 
 
-def profile_step(pipe: PlainnetPipeline, steps: int = 3, rows: int = 15) -> str:
-    """Top ops of ``steps`` training steps under torch.profiler (CPU, and CUDA on a GPU)."""
+# The CUDA runtime and driver calls that launch a kernel (cudaLaunchKernel, cudaLaunchKernelExC,
+# cuLaunchKernel for Triton's kernels, ...) or a CUDA graph, as torch.profiler names them.
+KERNEL_LAUNCH_PREFIXES = ("cudaLaunchKernel", "cuLaunchKernel")
+GRAPH_LAUNCH_PREFIX = "cudaGraphLaunch"
+
+
+def host_dispatches(events) -> list:
+    """The aten ops that the host dispatches itself, not those that run inside another aten op
+    (from ``prof.events()``). Each is one trip through Python and the dispatcher, and on a GPU
+    each one that computes launches at least one kernel: this is what CUDA graphs and compiling
+    the step save. Ops that compiled code calls out to (convolutions, matmuls) count too."""
+
+    def inside_op(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    return [e for e in events if e.name.startswith("aten::") and not inside_op(e)]
+
+
+def profile_step(pipe: PlainnetPipeline, steps: int = 3, rows: int = 15) -> tuple[str, dict]:
+    """Top ops of ``steps`` training steps under torch.profiler (CPU, and CUDA on a GPU), and
+    the host's work per step: aten ops dispatched (`host_dispatches`), and on CUDA the kernel
+    launches and CUDA-graph replays."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = pipe.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         pipe.train_steps(steps)
+    events = prof.events()
+    per_step = {"host_ops": len(host_dispatches(events)) / steps}
+    if cuda:
+        launches = sum(e.name.startswith(KERNEL_LAUNCH_PREFIXES) for e in events)
+        per_step["kernel_launches"] = launches / steps
+        per_step["graph_launches"] = (
+            sum(e.name.startswith(GRAPH_LAUNCH_PREFIX) for e in events) / steps
+        )
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows)
+    return prof.key_averages().table(sort_by=key, row_limit=rows), per_step
 
 
 def measure_model(model_name: str, data: ImageData, device: torch.device, args) -> dict:
@@ -446,7 +479,7 @@ def measure_model(model_name: str, data: ImageData, device: torch.device, args) 
         ]
         result["ratio"] = {"train": spread(pairs), "eval": spread(evals)}
     if args.profile and pipes and isinstance(pipes[0], PlainnetPipeline):
-        result["profile"] = profile_step(pipes[0])
+        result["profile"], result["host_work_per_step"] = profile_step(pipes[0])
     return result
 
 
@@ -678,7 +711,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m}: {c['jobs']} concurrent job(s): {c['total_images_per_second']:,.0f} img/s"
                   + (f" ({c['gain_over_one']:.2f}x one job)" if "gain_over_one" in c else ""))  # fmt: skip
         if "profile" in r:
-            print(f"\n{m}: profile of plainnet's training step\n{r['profile']}")
+            work = ", ".join(
+                f"{v:.0f} {k.replace('_', ' ')}" for k, v in r["host_work_per_step"].items()
+            )
+            print(f"\n{m}: profile of plainnet's training step (per step: {work})\n{r['profile']}")
     return 0
 
 

@@ -46,7 +46,7 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     args = ["--device", "cpu", "--models", TINY, "--steps", "2", "--reps", "2", "--warmup", "1"]
     args += ["--train-images", "300", "--test-images", "200", "--eval-images", "200"]
-    result = run_bench(*args, "--workers", "1", "--json", str(out))
+    result = run_bench(*args, "--workers", "1", "--profile", "--json", str(out))
     assert result.returncode == 0, result.stderr
     r = json.loads(out.read_text())
     assert r["environment"]["device"] == "cpu"
@@ -82,6 +82,12 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path):
     assert m["ratio"]["train"]["median"] == pytest.approx(float(np.median(pairs)))
     # The printed table carries the same figures.
     assert "| " + TINY in result.stdout and "**ratio**" in result.stdout
+    # The profile of plainnet's eager CPU step: a table of top ops, the host's dispatches per
+    # step (the network's layers alone are more than 50), and no CUDA launches to count.
+    assert "Self CPU time total" in m["profile"]
+    assert m["host_work_per_step"]["host_ops"] > 50
+    assert set(m["host_work_per_step"]) == {"host_ops"}
+    assert f"per step: {m['host_work_per_step']['host_ops']:.0f} host ops" in result.stdout
 
 
 def test_user_mistakes_end_in_one_line(capsys):

@@ -86,6 +86,45 @@ def test_fast_path_follows_the_fp32_step(device):
         torch.testing.assert_close(p.float(), p_ref, rtol=0.05, atol=1e-2)
 
 
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks/throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_step_follows_the_eager_step_and_dispatches_less(device):
+    """With compile, torch.compile takes the whole forward side of the step (augmentation,
+    normalisation, network, loss, error count) and the clipping: the same updates as the eager
+    step, while the host dispatches a fraction of the ops (on a GPU: of the kernel launches)."""
+    dev = on(device)
+    torch.manual_seed(0)
+    eager_model = build_model(SMALL, 10).to(dev)
+    compiled_model = copy.deepcopy(eager_model)
+    eager = make_step(eager_model, dev)
+    compiled = make_step(compiled_model, dev, compile=True)
+    for batch in batches(dev):
+        loss, wrong, lr = compiled(*batch)
+        ref_loss, ref_wrong, ref_lr = eager(*batch)
+        assert lr == ref_lr
+        assert float(loss) == pytest.approx(float(ref_loss), rel=5e-3)
+        assert abs(int(wrong) - int(ref_wrong)) <= 2  # of 100
+    for p_ref, p in zip(eager_model.parameters(), compiled_model.parameters(), strict=True):
+        torch.testing.assert_close(p, p_ref, rtol=0.05, atol=1e-2)
+
+    host_dispatches = load_benchmark().host_dispatches
+    dispatched = {}
+    for name, step in (("eager", eager), ("compiled", compiled)):
+        with torch.profiler.profile() as prof:
+            step(*batch)
+        dispatched[name] = [e.name for e in host_dispatches(prof.events())]
+    # The augmentation's gather, the loss and the clipping's global norm run in compiled code.
+    for op in ("aten::gather", "aten::cross_entropy_loss", "aten::linalg_vector_norm"):
+        assert op in dispatched["eager"] and op not in dispatched["compiled"], op
+    assert len(dispatched["compiled"]) < len(dispatched["eager"]) / 2, dispatched
+
+
 @pytest.mark.gpu
 @NO_CUDA
 def test_cuda_step_matches_cpu_step():
@@ -176,14 +215,16 @@ def test_trains_on_real_jpegs_on_cuda(cifar10_jpeg_data, tmp_path):
 @NO_CUDA
 def test_benchmark_on_cuda(tmp_path):
     dev = on("cuda")
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks/throughput.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark()
     out = tmp_path / "bench.json"
     args = ["--device", "cuda", "--models", SMALL, "--quick", "--train-images", "1000"]
-    assert bench.main([*args, "--test-images", "500", "--json", str(out)]) == 0
+    assert bench.main([*args, "--test-images", "500", "--profile", "--json", str(out)]) == 0
     r = json.loads(out.read_text())["models"][SMALL]
     assert r["plainnet"]["switches"] == resolve_switches(TrainConfig(), dev)
     for kind in ("plainnet", "conventional"):
         assert r[kind]["train_images_per_second"]["median"] > 0
         assert r[kind]["peak_memory_mib"] > 0  # CUDA allocator peak
+    # The profiler's names for kernel launches and graph replays are the ones counted: with
+    # CUDA graphs, a step replays its forward and backward graphs and still launches some kernels.
+    work = r["host_work_per_step"]
+    assert work["graph_launches"] >= 2 and work["kernel_launches"] > 0, work
