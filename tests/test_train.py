@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -315,3 +316,31 @@ def test_tensorboard_option_needs_the_package(tiny_cifar10, tmp_path, monkeypatc
     with pytest.raises(UserError, match="pip install tensorboard"):
         train(cfg, tmp_path / "run", log=quiet)
     assert RunDir(tmp_path / "run").is_empty()  # nothing written: the same command can rerun
+
+
+def test_recorded_commit_says_when_the_sources_differ_from_it(tmp_path):
+    """A run's environment names the git commit of the package it ran, with ``-dirty`` when the
+    package's tracked sources differ from that commit (a copied or edited tree)."""
+    package = Path(__file__).resolve().parents[1] / "src" / "plainnet"
+    repo = tmp_path / "repo"
+    shutil.copytree(
+        package, repo / "src" / "plainnet", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "copy"]):
+        subprocess.run([*git, *args], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+
+    def recorded_commit() -> str:
+        code = "import torch; from plainnet.train import environment as e; "
+        code += "print(e(torch.device('cpu'))['git_commit'])"
+        env = {**os.environ, "PYTHONPATH": str(repo / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
+        return out.stdout.strip()
+
+    assert recorded_commit() == head.stdout.strip()
+    with open(repo / "src" / "plainnet" / "errors.py", "a") as f:
+        f.write("# edited after the commit\n")
+    assert recorded_commit() == head.stdout.strip() + "-dirty"

@@ -163,14 +163,19 @@ def resolve_switches(
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """Where the run ran: versions, git commit, device name (``config.json``'s environment)."""
+    """Where the run ran: versions, git commit, device name (``config.json``'s environment).
+
+    The commit gets a ``-dirty`` suffix, as in ``git describe --dirty``, when the package's
+    tracked sources differ from it: a copied or edited tree must not pass for the commit."""
     commit = None
     try:
         src = Path(__file__).resolve().parent
-        out = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        git = ["git", "-C", str(src)]
+        out = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         commit = out.stdout.strip() or None
+        if commit is not None:
+            diff = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "."], timeout=5)
+            commit += "-dirty" if diff.returncode == 1 else ""
     except (OSError, subprocess.SubprocessError):
         pass
     if device.type == "cuda":
