@@ -344,3 +344,14 @@ def test_recorded_commit_says_when_the_sources_differ_from_it(tmp_path):
     with open(repo / "src" / "plainnet" / "errors.py", "a") as f:
         f.write("# edited after the commit\n")
     assert recorded_commit() == head.stdout.strip() + "-dirty"
+
+
+def test_deterministic_run_leaves_the_process_as_it_found_it(tiny_cifar10, tmp_path):
+    """torch's determinism switch is process-global: a ``--deterministic`` run turns it on for
+    itself only, so the runs after it in the same process (a grid, a notebook) are unaffected."""
+    base = dict(model="plain8|16", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=1)
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(TrainConfig(**base, deterministic=True), tmp_path / "run", log=quiet)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["config"]["deterministic"] is True
+    assert not torch.are_deterministic_algorithms_enabled()

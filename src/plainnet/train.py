@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -492,8 +492,26 @@ def train(
             log(f"{run.path}: already finished (test error {summary['test_error']:.2f} %)")
             return summary
 
-    with run.locked() if world.is_main else contextlib.nullcontext():
+    with run.locked() if world.is_main else contextlib.nullcontext(), _determinism(cfg):
         return _train_locked(cfg, run, device, world, data, log)
+
+
+@contextlib.contextmanager
+def _determinism(cfg: TrainConfig) -> Iterator[None]:
+    """``--deterministic`` for this run only: torch's switches are process-global, and a
+    deterministic run must not leave the runs after it in the same process deterministic."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def _train_locked(
@@ -504,12 +522,6 @@ def _train_locked(
     data: ImageData | None,
     log: Callable[[str], None],
 ) -> dict:
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    else:
-        torch.backends.cudnn.benchmark = True
     switches = resolve_switches(cfg, device, distributed=world.distributed)
 
     # ---- data: the whole set on the device, this rank's shard of the training images ----
