@@ -168,7 +168,8 @@ class PlainnetPipeline(Pipeline):
         self.train_y = data.train_labels.to(device)
         self.test_x = data.test_images.to(device)
         self.epoch, self.position, self.plan = -1, 0, None
-        self.sums = torch.zeros(3, device=device, dtype=torch.float64)
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.wrong_sum = torch.zeros((), device=device, dtype=torch.int64)
 
     def _next_batch(self) -> tuple[torch.Tensor, ...]:
         n = len(self.train_y)
@@ -185,10 +186,9 @@ class PlainnetPipeline(Pipeline):
         self.model.train()
         for _ in range(n):
             loss, wrong, _lr = self.step(*self._next_batch())
-            self.sums[0] += loss * BATCH
-            self.sums[1] += wrong
-            self.sums[2] += BATCH
-        float(self.sums[0])  # the loop's periodic read-back, and the end of the timed work
+            self.loss_sum.add_(loss, alpha=BATCH)
+            self.wrong_sum.add_(wrong)
+        float(self.loss_sum)  # the loop's periodic read-back, and the end of the timed work
 
     def evaluate(self, n: int) -> None:
         s = self.switches

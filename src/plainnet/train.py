@@ -661,12 +661,17 @@ def _train_locked(
             )
             order, shifts, flips = order.to(device), shifts.to(device), flips.to(device)
             first = start_step if epoch == start_epoch else 0
-            sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, wrong, seen
-            seconds = 0.0
+            # The epoch's sums: the loss summed over images and the misclassified images stay
+            # on the device (reading them would sync), the images seen are counted here.
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            wrong_sum = torch.zeros((), device=device, dtype=torch.int64)
+            seen, seconds = 0, 0.0
             if first and partial is not None:
                 # The saved sums are totals over all ranks: rank 0 alone carries them forward.
                 if world.is_main:
-                    sums += torch.tensor(partial["sums"], device=device, dtype=torch.float64)
+                    loss_sum += partial["sums"][0]
+                    wrong_sum += int(partial["sums"][1])
+                    seen = int(partial["sums"][2])
                 seconds = float(partial["seconds"])
             model.train()
             _sync(device)
@@ -676,9 +681,10 @@ def _train_locked(
             while step < steps:
                 idx = order[step * local_batch : (step + 1) * local_batch]
                 loss, wrong, lr = train_step(train_x[idx], train_y[idx], shifts[idx], flips[idx])
-                sums[0] += loss * len(idx)
-                sums[1] += wrong
-                sums[2] += len(idx)
+                # Two in-place adds: on a GPU every op the host dispatches costs (README, Speed).
+                loss_sum.add_(loss, alpha=len(idx))
+                wrong_sum.add_(wrong)
+                seen += len(idx)
                 step += 1
                 if epoch * iters_per_epoch + step in snapshot_at and world.is_main:
                     run.save_snapshot(epoch * iters_per_epoch + step, model.state_dict())
@@ -686,19 +692,23 @@ def _train_locked(
                 if step % 50 == 0 or step == steps:
                     # The only host-device syncs in the loop: one in 50 steps. Under torchrun the
                     # ranks agree here on stopping, so they all leave the loop at the same step.
-                    check = torch.stack([sums[0], sums[2], sums.new_tensor(stop.signal or 0)])
-                    loss_sum, seen, signals = distributed.all_reduce_sum(check, world).tolist()
-                    if not math.isfinite(loss_sum):
+                    counts = loss_sum.new_tensor([seen, stop.signal or 0])
+                    check = torch.cat([loss_sum.view(1), counts])
+                    check = distributed.all_reduce_sum(check, world)
+                    loss_total, seen_total, signals = check.tolist()
+                    if not math.isfinite(loss_total):
                         break
                     elapsed = seconds + time.perf_counter() - t0
-                    progress.update(epoch + 1, step, steps, seen / elapsed, loss_sum / seen, lr)
+                    rate, mean_loss = seen_total / elapsed, loss_total / seen_total
+                    progress.update(epoch + 1, step, steps, rate, mean_loss, lr)
                     stopping = stopping or signals > 0
                 if stopping:
                     break
             _sync(device)
             seconds += time.perf_counter() - t0
             progress.close()
-            totals = distributed.all_reduce_sum(sums.clone(), world).tolist()
+            sums = torch.stack([loss_sum, wrong_sum.double(), loss_sum.new_tensor(seen)])
+            totals = distributed.all_reduce_sum(sums, world).tolist()  # loss, wrong, seen
             train_loss = totals[0] / max(totals[2], 1)
             # The last update can break the weights even while its loss was finite: check them
             # too before anything of this epoch is saved.
