@@ -615,7 +615,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--only", choices=["plainnet", "conventional"], help="measure one pipeline")
-    p.add_argument("--profile", action="store_true", help="print the top ops of plainnet's step")
+    p.add_argument("--profile", action="store_true", help="top ops and host work of a step")
     p.add_argument("--concurrent", type=int, default=0, metavar="K",
                    help="also run K plainnet processes on the device at once; report the sum")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="a short run (steps 3, reps 2, warm-up 1)")
