@@ -692,10 +692,9 @@ def _train_locked(
                 if step % 50 == 0 or step == steps:
                     # The only host-device syncs in the loop: one in 50 steps. Under torchrun the
                     # ranks agree here on stopping, so they all leave the loop at the same step.
-                    counts = loss_sum.new_tensor([seen, stop.signal or 0])
-                    check = torch.cat([loss_sum.view(1), counts])
-                    check = distributed.all_reduce_sum(check, world)
-                    loss_total, seen_total, signals = check.tolist()
+                    loss_total, _, seen_total, signals = _summed_over_ranks(
+                        loss_sum, wrong_sum, seen, stop.signal or 0, world
+                    )
                     if not math.isfinite(loss_total):
                         break
                     elapsed = seconds + time.perf_counter() - t0
@@ -707,8 +706,7 @@ def _train_locked(
             _sync(device)
             seconds += time.perf_counter() - t0
             progress.close()
-            sums = torch.stack([loss_sum, wrong_sum.double(), loss_sum.new_tensor(seen)])
-            totals = distributed.all_reduce_sum(sums, world).tolist()  # loss, wrong, seen
+            totals = _summed_over_ranks(loss_sum, wrong_sum, seen, 0, world)[:3]
             train_loss = totals[0] / max(totals[2], 1)
             # The last update can break the weights even while its loss was finite: check them
             # too before anything of this epoch is saved.
@@ -785,6 +783,20 @@ def _train_locked(
     if status == "interrupted":
         raise KeyboardInterrupt
     return summary
+
+
+def _summed_over_ranks(
+    loss_sum: torch.Tensor,
+    wrong_sum: torch.Tensor,
+    seen: int,
+    signals: int,
+    world: distributed.World,
+) -> list[float]:
+    """``[loss summed over images, misclassified images, images seen, stop signals]`` of this
+    rank's epoch so far, summed over all ranks. Reading them syncs the device."""
+    local = torch.stack([loss_sum, wrong_sum.double()])
+    local = torch.cat([local, local.new_tensor([seen, signals])])
+    return distributed.all_reduce_sum(local, world).tolist()
 
 
 def _sync(device: torch.device) -> None:
