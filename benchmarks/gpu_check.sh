@@ -3,14 +3,16 @@
 # network. Writes everything to OUT_DIR and finishes in under 8 minutes (each step's time limit
 # is also cut to what is left of 470 s; a step with under 20 s left is skipped):
 #   1. environment.txt     torch / CUDA / GPU, nvidia-smi
-#   2. throughput.{txt,json}  benchmarks/throughput.py: both pipelines, Plain-11 and ResNet-110,
-#                          a profile of one step and its kernel launches and CUDA-graph
-#                          replays (if compiling fails: throughput_eager.*,
-#                          and the later steps run with --compile off)
-#   3. train.txt, run/     plainnet train: Plain-11, SGDR, --scale 0.1 (18 epochs), CIFAR-10 JPEGs
-#   4. pytest.txt          the GPU-only tests (pytest -m gpu), on the real CIFAR-10 JPEGs
-#   5. concurrent.{txt,json}  1 vs 2 plainnet training processes sharing the GPU (Plain-11)
-#   6. ablation_*.{txt,json}  plainnet's Plain-11 step without CUDA graphs, and eager: what
+#   2. throughput_plain11.{txt,json}  benchmarks/throughput.py on Plain-11: both pipelines, a
+#                          profile of one step with its kernel launches and CUDA-graph replays
+#                          (if compiling fails: throughput_eager.*, and the later steps run
+#                          with --compile off)
+#   3. concurrent.{txt,json}  1 vs 2 plainnet training processes sharing the GPU (Plain-11)
+#   4. throughput_resnet110.{txt,json}  the same for ResNet-110 (its own step: compiling it takes
+#                          about two minutes, and a timeout there must not lose Plain-11's figures)
+#   5. pytest.txt          the GPU-only tests (pytest -m gpu), on the real CIFAR-10 JPEGs
+#   6. train.txt, run/     plainnet train: Plain-11, SGDR, --scale 0.1 (18 epochs), CIFAR-10 JPEGs
+#   7. ablation_*.{txt,json}  plainnet's Plain-11 step without CUDA graphs, and eager: what
 #                          each switch buys
 #   status.txt             each step's exit status and seconds
 #
@@ -81,47 +83,51 @@ else
 fi
 
 # Measured on an H100 (2026-11-27): compiling took 23 s for Plain-11 and 98 s for ResNet-110,
-# and the conventional ResNet-110 loop trains about 1,400 img/s; 3 x 100 steps keep the
-# benchmark near 3 minutes.
+# and the conventional ResNet-110 loop trains about 1,400 img/s; 3 x 100 steps keep the two
+# benchmark steps near 3 minutes together.
 if [[ $device == cuda ]]; then
     bench=(--device cuda --steps 100 --reps 3)
     train=(--device cuda --scale 0.1)
 else  # the CPU rehearsal: the same steps at tiny sizes
-    bench=(--device cpu --quick --models "plain16-16|32-32|64" --train-images 1000
-           --test-images 200 --eval-images 200)
+    bench=(--device cpu --quick --train-images 1000 --test-images 200 --eval-images 200)
     train=(--device cpu --epochs 2 --train-limit 1000 --test-limit 500 --model "plain16-16|32-32|64")
 fi
 if [[ $device == cuda ]]; then
-    plain=(--device cuda --steps 100 --reps 3 --models plain11)
-else
-    plain=("${bench[@]}")
+    plain=("${bench[@]}" --models plain11)
+    resnet=("${bench[@]}" --models resnet110)
+else  # two small models stand in for them
+    plain=("${bench[@]}" --models "plain16-16|32-32|64")
+    resnet=("${bench[@]}" --models "plain8-8|16")
 fi
 
 # The most wanted figures come first, in case a step runs long. If compiling fails in the
 # benchmark, the later steps run eager (--compile off) so that the check still brings figures.
-# 2. the benchmark: both pipelines, both models, a profile of one step
-step throughput 220 throughput.txt "$python" benchmarks/throughput.py "${bench[@]}" --profile \
-    --json "$out/throughput.json"
+# 2. the benchmark on Plain-11: both pipelines, a profile of one step
+step throughput_plain11 80 throughput_plain11.txt "$python" benchmarks/throughput.py \
+    "${plain[@]}" --profile --json "$out/throughput_plain11.json"
 if ((rc != 0)) && [[ $device == cuda ]]; then
     echo "   throughput failed: the later steps run with --compile off" | tee -a "$out/status.txt"
-    bench+=(--compile off)
+    resnet+=(--compile off)
     plain+=(--compile off)
     train+=(--compile off)
-    step throughput_eager 120 throughput_eager.txt "$python" benchmarks/throughput.py \
-        "${bench[@]}" --json "$out/throughput_eager.json"
+    step throughput_eager 60 throughput_eager.txt "$python" benchmarks/throughput.py \
+        "${plain[@]}" --json "$out/throughput_eager.json"
 fi
-# 3. a short real-data run: Plain-11, SGDR, a tenth of the schedule (18 epochs)
-step train 100 train.txt "$python" -m plainnet train --model plain11 --schedule sgdr \
-    --dataset folder --data-dir "$jpegs" --out "$out/run" --no-snapshots "${train[@]}"
-[[ -f $out/run/summary.json ]] && cat "$out/run/summary.json"
-# 4. the GPU-only tests (they also use the real-data fixtures, from the archive)
-step pytest 90 pytest.txt "$python" -m pytest -m gpu -q -p no:cacheprovider -rs tests
-# 5. several runs sharing the device: 1 vs 2 plainnet processes on Plain-11
+# 3. several runs sharing the device: 1 vs 2 plainnet processes on Plain-11
 step concurrent 80 concurrent.txt "$python" benchmarks/throughput.py "${plain[@]}" \
     --only plainnet --concurrent 2 --json "$out/concurrent.json"
-# 6. what the switches buy: plainnet's Plain-11 step compiled without CUDA graphs, and eager
-step ablation_no_graphs 60 ablation_no_graphs.txt "$python" benchmarks/throughput.py \
+# 4. the benchmark on ResNet-110: both pipelines, a profile of one step
+step throughput_resnet110 170 throughput_resnet110.txt "$python" benchmarks/throughput.py \
+    "${resnet[@]}" --profile --json "$out/throughput_resnet110.json"
+# 5. the GPU-only tests (they also use the real-data fixtures, from the archive)
+step pytest 80 pytest.txt "$python" -m pytest -m gpu -q -p no:cacheprovider -rs tests
+# 6. a short real-data run: Plain-11, SGDR, a tenth of the schedule (18 epochs)
+step train 70 train.txt "$python" -m plainnet train --model plain11 --schedule sgdr \
+    --dataset folder --data-dir "$jpegs" --out "$out/run" --no-snapshots "${train[@]}"
+[[ -f $out/run/summary.json ]] && cat "$out/run/summary.json"
+# 7. what the switches buy: plainnet's Plain-11 step compiled without CUDA graphs, and eager
+step ablation_no_graphs 40 ablation_no_graphs.txt "$python" benchmarks/throughput.py \
     "${plain[@]}" --only plainnet --cuda-graphs off --json "$out/ablation_no_graphs.json"
-step ablation_eager 40 ablation_eager.txt "$python" benchmarks/throughput.py "${plain[@]}" \
+step ablation_eager 30 ablation_eager.txt "$python" benchmarks/throughput.py "${plain[@]}" \
     --only plainnet --compile off --json "$out/ablation_eager.json"
 echo "done in $SECONDS s; results in $out" | tee -a "$out/status.txt"
