@@ -19,7 +19,13 @@ from plainnet.data import load_dataset
 from plainnet.errors import UserError
 from plainnet.models import build_model
 from plainnet.run_dir import RunDir
-from plainnet.train import TrainConfig, default_eval_batch_size, predict, train
+from plainnet.train import (
+    StopRequest,
+    TrainConfig,
+    default_eval_batch_size,
+    predict,
+    train,
+)
 
 SMALL = "plain16-16|32-32|64"  # a 5-layer member of the plain family: seconds per epoch on a CPU
 
@@ -111,7 +117,8 @@ def _wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, timeout: float =
     raise AssertionError("training did not progress")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+# "SIGTERM twice" is what `timeout` sends: to the process, then to its process group.
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, "SIGTERM twice"])
 def test_resume_after_kill_is_bitwise_identical(resume_data, tmp_path, sig):
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(resume_data, straight), check=True, capture_output=True)
@@ -122,11 +129,13 @@ def test_resume_after_kill_is_bitwise_identical(resume_data, tmp_path, sig):
     )
     _wait_for_epochs(broken, 1, proc)
     time.sleep(0.3)  # into the second epoch
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    if sig == signal.SIGINT:
+    for s in [signal.SIGTERM] * 2 if sig == "SIGTERM twice" else [sig]:
+        proc.send_signal(s)
+    out, err = proc.communicate(timeout=60)
+    if sig != signal.SIGKILL:
         assert proc.returncode == 130, err
         assert b"Traceback" not in err
+        assert b": checkpoint saved" in out  # stopped between two steps, not at once
         state = RunDir(broken).load_checkpoint()
         assert state["step"] > 0 or state["epoch"] >= 2  # saved where it stopped
         assert RunDir(broken).read_summary()["status"] == "interrupted"
@@ -145,6 +154,45 @@ def test_resume_after_kill_is_bitwise_identical(resume_data, tmp_path, sig):
     rows_a, rows_b = RunDir(straight).read_metrics(), RunDir(broken).read_metrics()
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
     assert [r["test_error"] for r in rows_a] == [r["test_error"] for r in rows_b]
+
+
+def test_stop_request_repeats(tmp_path):
+    """A repeated SIGTERM is the same request (`timeout` sends two); a second Ctrl-C stops at
+    once. Each signal here is handled before the next is sent."""
+    with StopRequest() as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            pytest.fail("a repeated SIGTERM stopped the run at once")
+        assert stop.signal == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_second_ctrl_c_stops_at_once_and_says_so(tiny_cifar10, tmp_path):
+    cfg = TrainConfig(
+        model="plain8|16", schedule="sgdr", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=3
+    )
+
+    def ctrl_c_twice(msg: str) -> None:
+        if msg.startswith("epoch   2/"):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # raises here, inside the epoch loop
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", log=ctrl_c_twice)
+    run = RunDir(tmp_path / "run")
+    assert run.read_summary()["status"] == "interrupted"  # not "running"
+    assert run.load_checkpoint()["epoch"] == 2  # the last complete checkpoint
+    summary = train(cfg, tmp_path / "run", log=quiet)
+    assert summary["status"] == "finished" and summary["epochs_done"] == 3
 
 
 def test_other_configuration_in_same_directory_is_refused(tiny_cifar10, tmp_path):
