@@ -645,6 +645,8 @@ def run(args: argparse.Namespace) -> dict:
         args.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
     torch.backends.cudnn.benchmark = True  # as `plainnet train` (non-deterministic runs)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise UserError("--models names no model")
     for m in models:
         try:
             build_model(m, 10)
@@ -674,8 +676,11 @@ def run(args: argparse.Namespace) -> dict:
         "peak_note": peak_note,
         "models": {},
     }
+    # The JSON is rewritten as each figure comes in: a time limit that ends the run (as in
+    # benchmarks/gpu_check.sh) keeps what was measured before it.
     for m in models:
         results["models"][m] = measure_model(m, data, device, args)
+        save(results, args.json)
         if args.concurrent > 1 and not args.barrier:
             single = measure_concurrent(m, 1, args)
             several = measure_concurrent(m, args.concurrent, args)
@@ -683,7 +688,17 @@ def run(args: argparse.Namespace) -> dict:
                 several["total_images_per_second"] / single["total_images_per_second"]
             )
             results["models"][m]["concurrent"] = [single, several]
+            save(results, args.json)
     return results
+
+
+def save(results: dict, path: str | None) -> None:
+    """Write the results so far as JSON (whole, via a temporary file: never half a file)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -693,9 +708,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"throughput: error: {err}", file=sys.stderr)
         return 2
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.barrier:  # a concurrent worker: the parent reads the JSON
         return 0
     env = results["environment"]

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,31 @@ def test_benchmark_runs_end_to_end_and_writes_json(tmp_path):
     assert f"per step: {m['host_work_per_step']['host_ops']:.0f} host ops" in result.stdout
 
 
+def test_json_keeps_each_model_measured_before_a_time_limit(tmp_path):
+    """The JSON is rewritten after each model: killed during the second model, the run has
+    left the first model's figures (the GPU check's steps run under time limits)."""
+    out = tmp_path / "bench.json"
+    args = ["--device", "cpu", "--models", f"{TINY},resnet110", "--steps", "2", "--reps", "2"]
+    args += ["--warmup", "1", "--train-images", "300", "--test-images", "200"]
+    args += ["--eval-images", "200", "--workers", "1", "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH), *args], cwd=ROOT, env=env, stderr=subprocess.PIPE
+    )
+    try:
+        while not out.exists() and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the JSON appeared only at the end"
+        proc.kill()  # as a time limit would, during ResNet-110
+    finally:
+        proc.kill()
+        proc.communicate()
+    r = json.loads(out.read_text())
+    assert list(r["models"]) == [TINY]
+    assert r["models"][TINY]["plainnet"]["train_images_per_second"]["median"] > 0
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_user_mistakes_end_in_one_line(capsys):
     bench = load_bench()
     assert bench.main(["--device", "cpu", "--models", "nosuchnet", "--quick"]) == 2
@@ -98,6 +124,8 @@ def test_user_mistakes_end_in_one_line(capsys):
     args = ["--device", "cpu", "--models", TINY, "--train-images", "50", "--test-images", "10"]
     assert bench.main(args) == 2
     assert "at least one batch" in capsys.readouterr().err
+    assert bench.main(["--device", "cpu", "--models", " , "]) == 2
+    assert capsys.readouterr().err == "throughput: error: --models names no model\n"
 
 
 def test_conventional_preprocessing_matches_plainnet(cifar10_jpeg_data):
