@@ -431,6 +431,16 @@ class StopRequest:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def _on_keyboard_interrupt(action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` if a KeyboardInterrupt leaves the block, then let it go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        action()
+        raise
+
+
 class Progress:
     """A one-line progress bar on a terminal; nothing otherwise (the epoch log line remains)."""
 
@@ -660,128 +670,125 @@ def _train_locked(
             )
 
     status = "running"
-    try:
-        with StopRequest() as stop:
-            for epoch in range(start_epoch, num_epochs):
-                steps = min(iters_per_epoch, total_iters - epoch * iters_per_epoch)
-                order, shifts, flips = epoch_plan(
-                    cfg.seed, epoch, world.rank, len(train_y), cfg.augment, size
-                )
-                order, shifts, flips = order.to(device), shifts.to(device), flips.to(device)
-                first = start_step if epoch == start_epoch else 0
-                # The epoch's sums: the loss summed over images and the misclassified images stay
-                # on the device (reading them would sync), the images seen are counted here.
-                loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-                wrong_sum = torch.zeros((), device=device, dtype=torch.int64)
-                seen, seconds = 0, 0.0
-                if first and partial is not None:
-                    # The saved sums are totals over all ranks: rank 0 alone carries them forward.
-                    if world.is_main:
-                        loss_sum += partial["sums"][0]
-                        wrong_sum += int(partial["sums"][1])
-                        seen = int(partial["sums"][2])
-                    seconds = float(partial["seconds"])
-                model.train()
-                _sync(device)
-                t0 = time.perf_counter()
-                step, stopping = first, False
-                lr = schedule(epoch * iters_per_epoch + first)
-                while step < steps:
-                    idx = order[step * local_batch : (step + 1) * local_batch]
-                    loss, wrong, lr = train_step(
-                        train_x[idx], train_y[idx], shifts[idx], flips[idx]
-                    )
-                    # Two in-place adds: on a GPU every op the host dispatches costs (README, Speed).
-                    loss_sum.add_(loss, alpha=len(idx))
-                    wrong_sum.add_(wrong)
-                    seen += len(idx)
-                    step += 1
-                    if epoch * iters_per_epoch + step in snapshot_at and world.is_main:
-                        run.save_snapshot(epoch * iters_per_epoch + step, model.state_dict())
-                    stopping = stop.signal is not None and not world.distributed
-                    if step % 50 == 0 or step == steps:
-                        # The only host-device syncs in the loop: one in 50 steps. Under torchrun the
-                        # ranks agree here on stopping, so they all leave the loop at the same step.
-                        loss_total, _, seen_total, signals = _summed_over_ranks(
-                            loss_sum, wrong_sum, seen, stop.signal or 0, world
-                        )
-                        if not math.isfinite(loss_total):
-                            break
-                        elapsed = seconds + time.perf_counter() - t0
-                        rate, mean_loss = seen_total / elapsed, loss_total / seen_total
-                        progress.update(epoch + 1, step, steps, rate, mean_loss, lr)
-                        stopping = stopping or signals > 0
-                    if stopping:
-                        break
-                _sync(device)
-                seconds += time.perf_counter() - t0
-                progress.close()
-                totals = _summed_over_ranks(loss_sum, wrong_sum, seen, 0, world)[:3]
-                train_loss = totals[0] / max(totals[2], 1)
-                # The last update can break the weights even while its loss was finite: check them
-                # too before anything of this epoch is saved.
-                weights_ok = bool(torch.stack([p.detach().sum() for p in params]).isfinite().all())
-                if not (math.isfinite(train_loss) and weights_ok):
-                    status = "diverged"
-                    break
-                if stopping and step < steps:
-                    checkpoint(epoch, step, {"sums": totals, "seconds": seconds})
-                    status = "interrupted"
-                    log(f"interrupted at epoch {epoch + 1}, step {step}: checkpoint saved")
-                    break
 
-                t1 = time.perf_counter()
-                test_loss, test_error = (
-                    evaluate(
-                        model,
-                        test,
-                        batch_size=eval_batch_size,
-                        amp=amp,
-                        channels_last=switches["channels_last"],
-                    )
-                    if world.is_main
-                    else (float("nan"), float("nan"))
-                )
-                eval_seconds = time.perf_counter() - t1
-                row = {
-                    "epoch": epoch + 1,
-                    "lr": lr,
-                    "train_loss": train_loss,
-                    "train_error": 100.0 * totals[1] / max(totals[2], 1),
-                    "test_loss": test_loss,
-                    "test_error": test_error,
-                    "train_seconds": seconds,
-                    "eval_seconds": eval_seconds,
-                    "images_per_second": totals[2] / max(seconds, 1e-9),
-                    "iterations": epoch * iters_per_epoch + steps,
-                }
-                history.append(row)
-                if world.is_main:
-                    run.write_metrics(history)
-                    checkpoint(epoch + 1, 0, None)
-                    run.write_summary(_summary(cfg, history, parameters, "running", num_epochs))
-                    if writer is not None:
-                        for key in ("lr", "train_loss", "train_error", "test_loss", "test_error"):
-                            writer.add_scalar(key, row[key], epoch + 1)
-                        writer.flush()
-                log(
-                    f"epoch {epoch + 1:>3}/{num_epochs}  lr {lr:.2e}  "
-                    f"train loss {train_loss:.3f} err {row['train_error']:5.2f} %  "
-                    f"test loss {test_loss:.3f} err {test_error:5.2f} %  "
-                    f"{seconds:6.1f} s  {row['images_per_second']:,.0f} img/s"
-                )
-                if stopping:
-                    status = "interrupted"
-                    log(f"interrupted after epoch {epoch + 1}: checkpoint saved")
-                    break
-            else:
-                status = "finished"
-    except KeyboardInterrupt:
-        # A second Ctrl-C stopped the run at once. Its last checkpoint (an epoch's end, or
-        # where a first signal stopped it) stands; the summary says it stopped.
+    def stopped_at_once() -> None:
+        # A second Ctrl-C: the last checkpoint stands, and the summary says the run stopped.
         if world.is_main:
             run.write_summary(_summary(cfg, history, parameters, "interrupted", num_epochs))
-        raise
+
+    with StopRequest() as stop, _on_keyboard_interrupt(stopped_at_once):
+        for epoch in range(start_epoch, num_epochs):
+            steps = min(iters_per_epoch, total_iters - epoch * iters_per_epoch)
+            order, shifts, flips = epoch_plan(
+                cfg.seed, epoch, world.rank, len(train_y), cfg.augment, size
+            )
+            order, shifts, flips = order.to(device), shifts.to(device), flips.to(device)
+            first = start_step if epoch == start_epoch else 0
+            # The epoch's sums: the loss summed over images and the misclassified images stay
+            # on the device (reading them would sync), the images seen are counted here.
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            wrong_sum = torch.zeros((), device=device, dtype=torch.int64)
+            seen, seconds = 0, 0.0
+            if first and partial is not None:
+                # The saved sums are totals over all ranks: rank 0 alone carries them forward.
+                if world.is_main:
+                    loss_sum += partial["sums"][0]
+                    wrong_sum += int(partial["sums"][1])
+                    seen = int(partial["sums"][2])
+                seconds = float(partial["seconds"])
+            model.train()
+            _sync(device)
+            t0 = time.perf_counter()
+            step, stopping = first, False
+            lr = schedule(epoch * iters_per_epoch + first)
+            while step < steps:
+                idx = order[step * local_batch : (step + 1) * local_batch]
+                loss, wrong, lr = train_step(train_x[idx], train_y[idx], shifts[idx], flips[idx])
+                # Two in-place adds: on a GPU every op the host dispatches costs (README, Speed).
+                loss_sum.add_(loss, alpha=len(idx))
+                wrong_sum.add_(wrong)
+                seen += len(idx)
+                step += 1
+                if epoch * iters_per_epoch + step in snapshot_at and world.is_main:
+                    run.save_snapshot(epoch * iters_per_epoch + step, model.state_dict())
+                stopping = stop.signal is not None and not world.distributed
+                if step % 50 == 0 or step == steps:
+                    # The only host-device syncs in the loop: one in 50 steps. Under torchrun the
+                    # ranks agree here on stopping, so they all leave the loop at the same step.
+                    loss_total, _, seen_total, signals = _summed_over_ranks(
+                        loss_sum, wrong_sum, seen, stop.signal or 0, world
+                    )
+                    if not math.isfinite(loss_total):
+                        break
+                    elapsed = seconds + time.perf_counter() - t0
+                    rate, mean_loss = seen_total / elapsed, loss_total / seen_total
+                    progress.update(epoch + 1, step, steps, rate, mean_loss, lr)
+                    stopping = stopping or signals > 0
+                if stopping:
+                    break
+            _sync(device)
+            seconds += time.perf_counter() - t0
+            progress.close()
+            totals = _summed_over_ranks(loss_sum, wrong_sum, seen, 0, world)[:3]
+            train_loss = totals[0] / max(totals[2], 1)
+            # The last update can break the weights even while its loss was finite: check them
+            # too before anything of this epoch is saved.
+            weights_ok = bool(torch.stack([p.detach().sum() for p in params]).isfinite().all())
+            if not (math.isfinite(train_loss) and weights_ok):
+                status = "diverged"
+                break
+            if stopping and step < steps:
+                checkpoint(epoch, step, {"sums": totals, "seconds": seconds})
+                status = "interrupted"
+                log(f"interrupted at epoch {epoch + 1}, step {step}: checkpoint saved")
+                break
+
+            t1 = time.perf_counter()
+            test_loss, test_error = (
+                evaluate(
+                    model,
+                    test,
+                    batch_size=eval_batch_size,
+                    amp=amp,
+                    channels_last=switches["channels_last"],
+                )
+                if world.is_main
+                else (float("nan"), float("nan"))
+            )
+            eval_seconds = time.perf_counter() - t1
+            row = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_error": 100.0 * totals[1] / max(totals[2], 1),
+                "test_loss": test_loss,
+                "test_error": test_error,
+                "train_seconds": seconds,
+                "eval_seconds": eval_seconds,
+                "images_per_second": totals[2] / max(seconds, 1e-9),
+                "iterations": epoch * iters_per_epoch + steps,
+            }
+            history.append(row)
+            if world.is_main:
+                run.write_metrics(history)
+                checkpoint(epoch + 1, 0, None)
+                run.write_summary(_summary(cfg, history, parameters, "running", num_epochs))
+                if writer is not None:
+                    for key in ("lr", "train_loss", "train_error", "test_loss", "test_error"):
+                        writer.add_scalar(key, row[key], epoch + 1)
+                    writer.flush()
+            log(
+                f"epoch {epoch + 1:>3}/{num_epochs}  lr {lr:.2e}  "
+                f"train loss {train_loss:.3f} err {row['train_error']:5.2f} %  "
+                f"test loss {test_loss:.3f} err {test_error:5.2f} %  "
+                f"{seconds:6.1f} s  {row['images_per_second']:,.0f} img/s"
+            )
+            if stopping:
+                status = "interrupted"
+                log(f"interrupted after epoch {epoch + 1}: checkpoint saved")
+                break
+        else:
+            status = "finished"
 
     summary = _summary(cfg, history, parameters, status, num_epochs)
     if world.is_main:
