@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from plainnet.data import ImageData, channel_stats, load_dataset
 from plainnet.errors import UserError
 from plainnet.models import build_model
+from plainnet.run_dir import write_json
 from plainnet.schedules import ScheduledLR, paper_schedule
 from plainnet.train import (
     DEFAULT_WEIGHT_DECAY,
@@ -693,12 +694,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def save(results: dict, path: str | None) -> None:
-    """Write the results so far as JSON (whole, via a temporary file: never half a file)."""
+    """Write the results so far as JSON (`write_json`: whole, never half a file)."""
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(path)
+        write_json(Path(path), results)
 
 
 def main(argv: list[str] | None = None) -> int:

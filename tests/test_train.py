@@ -156,7 +156,7 @@ def test_resume_after_kill_is_bitwise_identical(resume_data, tmp_path, sig):
     assert [r["test_error"] for r in rows_a] == [r["test_error"] for r in rows_b]
 
 
-def test_stop_request_repeats(tmp_path):
+def test_stop_request_repeats():
     """A repeated SIGTERM is the same request (`timeout` sends two); a second Ctrl-C stops at
     once. Each signal here is handled before the next is sent."""
     with StopRequest() as stop:
