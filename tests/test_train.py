@@ -41,7 +41,9 @@ def test_learns_on_real_cifar10_jpegs(cifar10_jpeg_data, tmp_path):
     summary = train(cfg, tmp_path / "run", data=cifar10_jpeg_data, log=quiet)
     assert summary["status"] == "finished"
     assert summary["epochs_done"] == 8
-    assert summary["test_error"] < 65.0, summary  # chance is 90 %
+    # Chance is 90 %; this small net on 3,000 images reaches 64-67 % (the exact figure moves
+    # with the JPEG decoder's version), a broken step stays near 90 %.
+    assert summary["test_error"] < 72.0, summary
     rows = RunDir(tmp_path / "run").read_metrics()
     assert [r["epoch"] for r in rows] == list(range(1, 9))
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
