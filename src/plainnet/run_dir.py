@@ -4,27 +4,41 @@
 epoch), ``summary.json`` (the result and the run's status), ``checkpoint.pt`` (everything needed
 to continue exactly) and ``.lock`` (held while a process trains here).
 
-Every file is written to a temporary name, flushed to disk and renamed over the old one, so a
-reader (or a SIGKILL) only ever sees the old or the new version, never half of one. The lock is
-an ``flock`` on ``.lock``: the kernel drops it when the holding process dies, so a crashed run
-never leaves the directory stuck.
+Every file is written to a new temporary name (``.NAME.<random>.tmp``), flushed to disk and
+renamed over the old one, so a reader (or a SIGKILL) only ever sees the old or the new version;
+what a kill leaves behind is never reused and is ignored. `open_for_writing`, the one place that
+opens files for writing here, never follows a symbolic link: a link planted in a run or grid
+directory cannot make plainnet overwrite what it points to (the rename replaces a link at the
+final name itself). The lock is an ``flock`` on ``.lock`` (Windows: ``msvcrt.locking``), dropped
+by the system when its holder dies, so a crashed run never leaves the directory stuck.
+`read_json` with a shape (`SUMMARY_SHAPE`, ...) words valid JSON of the wrong form in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
+import io
 import json
 import math
 import os
+import platform
+import re
+import secrets
+import stat
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
-from plainnet.errors import UserError
+from plainnet.errors import UserError, one_line
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # Windows: msvcrt instead (see _lock)
+    fcntl = None  # type: ignore[assignment]
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT, LOCK = (
     "config.json",
@@ -34,35 +48,87 @@ CONFIG, METRICS, SUMMARY, CHECKPOINT, LOCK = (
     ".lock",
 )
 
+# No O_NOFOLLOW on Windows, where planting a link needs administrator rights; O_BINARY: Windows.
+_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_FLAGS |= getattr(os, "O_NOFOLLOW", 0)
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_TEMPORARY = re.compile(r"\..+\.tmp")  # what atomic_write (and older versions) leave on a kill
+
+
+def open_for_writing(path: Path, flags: int = 0) -> int:
+    """The descriptor of ``path`` opened read-write, created with mode 0o666 less the umask (as
+    ``open`` does), plus ``flags``: ``os.O_EXCL`` (`FileExistsError` if it exists) or
+    ``os.O_APPEND``; never ``os.O_TRUNC``, which would act before the checks (`os.ftruncate`).
+    A symbolic link is refused, never followed, and so is anything but a plain file of its own
+    (a pipe, a device, a hard link): writing there would change something outside the folder.
+    Every failure but `FileExistsError` is a `UserError`."""
+    try:
+        fd = os.open(path, _FLAGS | flags, 0o666)
+    except OSError as err:
+        if flags & os.O_EXCL and err.errno == errno.EEXIST:
+            raise
+        if err.errno in (errno.ELOOP, errno.EMLINK) or os.path.islink(path):
+            raise UserError(f"{path}: a symbolic link; plainnet never writes through one") from None
+        raise _write_error(path, err) from None
+    if not stat.S_ISREG((st := os.fstat(fd)).st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise UserError(f"{path}: not a plain file of its own (a pipe, device or hard link)")
+    return fd
+
+
+def _write_error(path: Path, err: OSError) -> UserError:
+    if err.errno in _DISK_FULL:
+        why = "disk full while writing"
+        todo = " (free some space and rerun the same command to continue)"
+    else:
+        why, todo = f"cannot write ({err.strerror or err})", ""
+    return UserError(f"{path}: {why}; the previous version is intact{todo}")
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new ``.NAME.<random>.tmp`` beside ``path`` (a fixed name could be a planted link)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        with contextlib.suppress(FileExistsError):  # 48 random bits: practically never
+            return open_for_writing(tmp, os.O_EXCL), tmp
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write ``path`` through ``write(file)`` to a temporary file, fsync, then rename it over.
-
-    On any failure (disk full included) the temporary file is removed and ``path`` keeps its
-    previous content; a full disk becomes a `UserError`.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
+    On any failure the temporary file goes and ``path`` keeps its previous content; an `OSError`
+    (a full disk, no permission) becomes a one-line `UserError` naming ``path``."""
+    path = Path(path)
+    fd, tmp = _create_temporary(path)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(
-                f"{path}: disk full while writing; the previous version is intact "
-                "(free some space and rerun the same command to continue)"
-            ) from None
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from None
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
+    with contextlib.suppress(OSError):  # make the rename itself durable (not on Windows)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def save_torch(path: Path, value: Any) -> None:
+    """``torch.save(value)`` to ``path`` atomically, serialised into memory first (a checkpoint
+    is tens of MB): torch's own file writer turns a full disk into an opaque ``RuntimeError``
+    (inline_container.cc), our write into an `OSError` that `atomic_write` words in one line."""
+
+    def write(f: BinaryIO) -> None:  # inside atomic_write, so its errors are worded there too
+        torch.save(value, buffer := io.BytesIO())
+        f.write(buffer.getbuffer())
+
+    atomic_write(path, write)
 
 
 def _json_default(value: Any) -> Any:
@@ -93,18 +159,96 @@ def write_json(path: Path, value: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON file; a missing, truncated or corrupt one is a `UserError` naming it."""
+def _maybe(kind: type, *keys: str) -> dict:
+    """``keys`` that may hold ``kind``, be null (how NaN is stored) or be absent."""
+    return dict.fromkeys(keys, (kind, None))
+
+
+#: ``summary.json``; `check_summary` adds that a finished run has a numeric test_error.
+SUMMARY_SHAPE = {
+    "status": str,
+    **_maybe(str, "model", "schedule", "error"),
+    **_maybe(int, "seed", "epochs", "epochs_done", "best_epoch", "parameters"),
+    **_maybe(float, "test_error", "test_loss", "train_error", "best_test_error"),
+    **_maybe(float, "mean_train_seconds"),
+}
+#: ``config.json`` as `plainnet train` writes it.
+CONFIG_SHAPE = {"config": dict, "resolved": dict, "environment": dict, **_maybe(list, "command")}
+#: ``evaluation.json`` as `plainnet evaluate` writes it.
+EVALUATION_SHAPE = {
+    "test_error": float,
+    **_maybe(float, "test_loss", "coarse_error", "ensemble_test_error", "ensemble_test_loss"),
+    **_maybe(str, "source", "model", "dataset", "run_status"),
+    **_maybe(int, "test_images", "epochs_done"),
+    **_maybe(dict, "per_class_error", "per_class_images", "snapshot_test_errors"),
+    **_maybe(list, "coarse_classes", "coarse_confusion", "ensemble_snapshots"),
+}
+#: One line of ``metrics.jsonl``.
+METRICS_ROW_SHAPE = {
+    "epoch": int,
+    **_maybe(int, "iterations"),
+    **_maybe(float, "lr", "train_loss", "train_error", "test_loss", "test_error"),
+    **_maybe(float, "train_seconds", "eval_seconds", "images_per_second"),
+}
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_KINDS |= {list: "a list", dict: "an object"}
+
+
+def _fits(value: Any, types: tuple) -> bool:
+    """Python's bool is an int: JSON's true is neither an integer nor a number here."""
+    if value is None or isinstance(value, bool):
+        return (None if value is None else bool) in types
+    return any(isinstance(value, (int, float) if t is float else t) for t in types if t)
+
+
+def _found(value: Any) -> str:
+    text = _KINDS[type(value)] if isinstance(value, dict | list) else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_shape(label: Any, value: Any, shape: dict) -> None:
+    """Raise a one-line `UserError` starting with ``label`` (the file's path, or the path and
+    a line number) unless ``value`` is a JSON object of ``shape``.
+    ``shape`` maps keys to a type or a tuple of types: ``int`` (an integer, never true/false),
+    ``float`` (any number), ``str``, ``list``, ``dict``, ``bool``. A key whose types include
+    ``None`` may be null or absent; every other key is required. Other keys are not checked.
+    """
+    if not isinstance(value, dict):
+        raise UserError(f"{label}: should hold a JSON object, found {_found(value)}")
+    for key, types in shape.items():
+        name, types = json.dumps(key), types if isinstance(types, tuple) else (types,)
+        if key not in value and None not in types:
+            raise UserError(f"{label}: {name} is missing")
+        if key in value and not _fits(value[key], types):
+            kinds = " or ".join(_KINDS.get(t, "null") for t in types)
+            raise UserError(f"{label}: {name} should be {kinds}, found {_found(value[key])}")
+
+
+def check_summary(path: Path, value: Any) -> dict:
+    """``value`` if it has `SUMMARY_SHAPE` and, when finished, its result (readers print it)."""
+    check_shape(path, value, SUMMARY_SHAPE)
+    if value["status"] == "finished" and value.get("test_error") is None:
+        raise UserError(f'{path}: status is "finished" but "test_error" is missing or null')
+    return value
+
+
+def read_json(path: Path, shape: dict | None = None) -> Any:
+    """Read a JSON file; a missing, truncated or corrupt one is a `UserError` naming it, and so
+    is one without ``shape`` (see `check_shape`; None: any JSON)."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path}: unreadable or corrupt ({err})") from None
+    if shape is not None:
+        check_shape(path, value, shape)
+    return value
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The per-epoch records of ``metrics.jsonl``; a corrupt line is a `UserError` naming it."""
+    """The per-epoch records of ``metrics.jsonl``; a corrupt line, or one that does not have
+    `METRICS_ROW_SHAPE`, is a `UserError` naming the file and the line."""
     rows = []
     try:
         lines = path.read_text().splitlines()
@@ -119,25 +263,54 @@ def read_metrics(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}: line {number} is corrupt ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}: line {number} is not an object")
+        check_shape(f"{path}: line {number}", row, METRICS_ROW_SHAPE)
         rows.append(row)
     return rows
 
 
 def load_weights(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` (no code from the file runs); any failure is a
-    `UserError` naming the file."""
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings and containers
+    only, so no code from the file runs. Any failure is a one-line `UserError` naming the file;
+    torch's own text is not quoted when it advises loading the file unsafely."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on old pickle protocols is no news
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except Exception as err:  # a corrupt zip, a truncated file, a forbidden global, ...
-        text = str(err).strip()
-        first_line = text.splitlines()[0][:200] if text else type(err).__name__
+    except Exception as err:  # a corrupt zip, a truncated file, a folder, a refused object, ...
+        why = one_line(err)
+        if "weights only" in str(err).lower():  # torch's text suggests loading it unsafely
+            found = re.search(r"GLOBAL ([\w.]{1,100})", str(err))
+            why = (
+                f"refused: it holds {f'a Python object ({found[1]})' if found else 'something'}"
+                " other than tensors, numbers, strings and plain containers, which would need "
+                f"code from the file to load{'' if found else ', or it is damaged'}"
+            )
         raise UserError(
-            f"{path}: unreadable checkpoint ({first_line}); move it away to start over"
+            f"{path}: unreadable checkpoint ({why}); move it away to start over"
         ) from None
+
+
+def _lock(fd: int, take: bool) -> bool:
+    """Take (without waiting) or release the exclusive lock on ``fd``; False: someone holds it.
+    Windows locks are mandatory: lock one byte far past the holder's text, which others read."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if take else fcntl.LOCK_UN)
+        except BlockingIOError:
+            return False
+        return True
+    import msvcrt
+
+    os.lseek(fd, 1 << 30, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)
+    except PermissionError:  # EACCES: locked by another process
+        return False
+    finally:
+        os.lseek(fd, 0, os.SEEK_SET)
+    return True
 
 
 class RunDir:
@@ -145,7 +318,6 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._lock_file: BinaryIO | None = None
 
     config = property(lambda self: self.path / CONFIG)
     metrics = property(lambda self: self.path / METRICS)
@@ -153,15 +325,19 @@ class RunDir:
     checkpoint = property(lambda self: self.path / CHECKPOINT)
 
     def is_empty(self) -> bool:
+        """True if nothing but the lock, leftover temporary files or .DS_Store is here."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path}: not a directory; choose another --out")
         return not self.path.exists() or not any(
-            p.name not in (LOCK, ".DS_Store") for p in self.path.iterdir()
+            p.name not in (LOCK, ".DS_Store") and not _TEMPORARY.fullmatch(p.name)
+            for p in self.path.iterdir()
         )
 
     def read_config(self) -> dict:
-        return read_json(self.config)
+        return read_json(self.config, CONFIG_SHAPE)
 
     def read_summary(self) -> dict:
-        return read_json(self.summary)
+        return check_summary(self.summary, read_json(self.summary))
 
     def read_metrics(self) -> list[dict]:
         return read_metrics(self.metrics)
@@ -179,47 +355,43 @@ class RunDir:
         atomic_write(self.metrics, lambda f: f.write(text.encode()))
 
     def save_checkpoint(self, state: dict) -> None:
-        atomic_write(self.checkpoint, lambda f: torch.save(state, f))
+        save_torch(self.checkpoint, state)
 
     def save_snapshot(self, iteration: int, model_state: dict) -> None:
         """Keep the model's weights after ``iteration`` updates as ``snapshots/iterNNNNNNNN.pt``."""
         folder = self.path / "snapshots"
+        if folder.is_symlink():  # its files would be replaced wherever it points
+            raise UserError(f"{folder}: is a symbolic link; plainnet never writes through one")
         folder.mkdir(exist_ok=True)
-        atomic_write(folder / f"iter{iteration:08d}.pt", lambda f: torch.save(model_state, f))
+        save_torch(folder / f"iter{iteration:08d}.pt", model_state)
 
     def snapshot_paths(self) -> list[Path]:
         """The snapshots in training order."""
         return sorted((self.path / "snapshots").glob("iter*.pt"))
 
     def load_checkpoint(self) -> dict | None:
-        """The last checkpoint, or None if there is none yet.
-
-        Loaded with ``weights_only=True``: tensors, numbers, strings and containers only, so a
-        planted file cannot run code.
-        """
-        if not self.checkpoint.exists():
-            return None
-        return load_weights(self.checkpoint)
+        """The last checkpoint, or None if there is none yet (loaded by `load_weights`)."""
+        return load_weights(self.checkpoint) if self.checkpoint.exists() else None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the directory's lock; a second process gets a `UserError` at once."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.path / LOCK, "a+b")  # noqa: SIM115 - held for the with-block
+        """Hold the directory's lock; a second process gets a `UserError` naming the holder."""
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().decode(errors="replace").strip() or "another process"
-            f.close()
-            raise UserError(
-                f"{self.path}: already in use by {holder}; wait for it or stop it first"
-            ) from None
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot create the folder ({err.strerror})") from None
+        fd = open_for_writing(self.path / LOCK)
         try:
-            f.truncate(0)
-            f.write(f"pid {os.getpid()} on {os.uname().nodename}".encode())
-            f.flush()
-            yield
+            if not _lock(fd, take=True):
+                holder = one_line(os.read(fd, 200).decode(errors="replace")) or "another process"
+                raise UserError(
+                    f"{self.path}: already in use by {holder}; wait for it or stop it first"
+                )
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {platform.node()}".encode())
+                yield
+            finally:
+                _lock(fd, take=False)
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-            f.close()
+            os.close(fd)

@@ -87,3 +87,16 @@ def test_default_dirs(monkeypatch, tmp_path):
     monkeypatch.setenv("PLAINNET_CACHE", str(tmp_path / "c"))
     assert default_data_dir() == Path(tmp_path / "d") and cache_dir() == tmp_path / "c"
     assert DATASETS == ("cifar100", "cifar10", "folder")
+
+
+@pytest.mark.parametrize(
+    ("name", "download"), [("folder", False), ("cifar10", False), ("cifar100", True)]
+)
+def test_a_data_dir_in_a_symbolic_link_loop_is_one_line(tmp_path, monkeypatch, name, download):
+    monkeypatch.setenv("PLAINNET_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(UserError) as e:
+        load_dataset(name, tmp_path / "a", download=download)  # download: nothing is fetched
+    assert str(e.value).startswith(f"{tmp_path / 'a'}: a symbolic link loop")
+    assert "\n" not in str(e.value)

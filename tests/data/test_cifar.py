@@ -365,3 +365,43 @@ def test_download_unreachable(monkeypatch, tmp_path):
     assert f"put cifar-100-python.tar.gz in {tmp_path}" in msg and "--data-dir" in msg
     assert "\n" not in msg
     assert list(tmp_path.iterdir()) == []
+
+
+def test_garbage_archive_is_one_line(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    path = data_dir / "cifar-100-python.tar.gz"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(UserError) as e:
+        load_dataset("cifar100", data_dir, download=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: cannot extract (not a tar archive, or a damaged one)")
+    assert "delete it and download it again" in msg and "\n" not in msg
+
+
+def test_damaged_bytes_inside_the_archive_are_caught(tiny_cifar10, cifar_factory, tmp_path):
+    """The test images are random, so gzip stores them: flipped bytes there decompress without
+    complaint and only the gzip checksum at the end of the stream notices."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    tar = cifar_factory.make_archive(
+        tiny_cifar10, "cifar-10-batches-py", data_dir / "cifar-10-python.tar.gz"
+    )
+    raw = bytearray(tar.read_bytes())
+    raw[len(raw) // 2] ^= 0x55
+    tar.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"cifar-10-python\.tar\.gz: cannot extract \(CRC check"):
+        load_dataset("cifar10", data_dir, download=False)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cifar-10-python.tar.gz"]
+
+
+def test_archive_missing_files_leaves_nothing_behind(tiny_cifar10, cifar_factory, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (tiny_cifar10 / "cifar-10-batches-py" / "test_batch").unlink()
+    cifar_factory.make_archive(
+        tiny_cifar10, "cifar-10-batches-py", data_dir / "cifar-10-python.tar.gz"
+    )
+    with pytest.raises(UserError, match=r"not the official archive \(no .*/test_batch\)"):
+        load_dataset("cifar10", data_dir, download=False)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cifar-10-python.tar.gz"]

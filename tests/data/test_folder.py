@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 
-from plainnet.data import load_dataset
+from plainnet.data import folder, load_dataset
 from plainnet.errors import UserError
 
 CLASSES = ["cat", "dog", "emu"]
@@ -228,3 +231,159 @@ def test_real_cifar10_jpeg(cifar10_jpeg_data):
     # Published statistics of these JPEGs (shared/data/README.md), to 1e-3 relative.
     np.testing.assert_allclose(np.array(data.mean) / 255, [0.4913, 0.4821, 0.4465], rtol=1e-3)
     np.testing.assert_allclose(np.array(data.std) / 255, [0.2452, 0.2428, 0.2606], rtol=1e-3)
+
+
+# ---- image modes ----
+
+
+def _replace(root, name, img, **save):
+    """Replace train/cat/<name> (any Pillow image); returns its path."""
+    path = root / "train" / "cat" / name
+    img.save(path, **save)
+    return path
+
+
+def _decoded(data, index) -> np.ndarray:
+    return data.train_images[index].numpy().transpose(1, 2, 0).astype(int)
+
+
+def test_sixteen_bit_grey_png_keeps_its_values(tiny_folder, cache):
+    root, _ = tiny_folder
+    ramp = (np.arange(48, dtype=np.uint32).reshape(6, 8) * 1365).astype(np.uint16)  # 0..64155
+    ramp[0, :3] = [257 * 200, 65535, 255]  # an 8-bit value saved as 16 bits; white; below 256
+    im = PIL.Image.fromarray(ramp)
+    assert im.mode == "I;16"
+    path = _replace(root, "00.png", im)
+    assert PIL.Image.open(path).mode == "I;16"
+    data = load_dataset("folder", root)
+    expected = (ramp >> 8).astype(int)
+    assert expected[0, :3].tolist() == [200, 255, 0]
+    for c in range(3):
+        np.testing.assert_array_equal(_decoded(data, 0)[:, :, c], expected)
+
+
+def test_a_cache_decoded_by_an_older_plainnet_is_rebuilt(tiny_folder, cache, monkeypatch):
+    root, _ = tiny_folder
+    ramp = (np.arange(48, dtype=np.uint32).reshape(6, 8) * 1365).astype(np.uint16)
+    _replace(root, "00.png", PIL.Image.fromarray(ramp))
+    with monkeypatch.context() as m:  # plainnet before 16-bit images were scaled: clipped
+        m.setattr(folder, "CACHE_VERSION", 1)
+        m.setattr(folder, "_to_rgb", lambda path, im: np.asarray(im.convert("RGB")))
+        assert (load_dataset("folder", root).train_images[0] == 255).float().mean() > 0.9
+    np.testing.assert_array_equal(_decoded(load_dataset("folder", root), 0)[:, :, 0], ramp >> 8)
+
+
+def test_alpha_palette_bilevel_and_cmyk_images(tiny_folder, cache):
+    root, _ = tiny_folder
+    rgba = np.dstack([_image(0, 0), np.arange(48, dtype=np.uint8).reshape(6, 8) * 5])
+    _replace(root, "00.png", PIL.Image.fromarray(rgba))  # RGBA: alpha dropped
+    palette = PIL.Image.new("P", (8, 6))
+    palette.putpalette([0, 0, 0, 250, 10, 20, 30, 240, 50])
+    palette.putpixel((1, 0), 1)
+    palette.putpixel((2, 0), 2)
+    _replace(root, "01.png", palette, transparency=bytes([0, 128, 255]))  # P, alpha per entry
+    _replace(root, "02.png", PIL.Image.new("1", (8, 6), 1))  # bilevel: white
+    _replace(root, "03.jpg", PIL.Image.new("CMYK", (8, 6), (255, 0, 0, 0)), quality=95)  # cyan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's "Palette images with Transparency" warning
+        data = load_dataset("folder", root)
+    np.testing.assert_array_equal(_decoded(data, 0), rgba[:, :, :3])
+    assert _decoded(data, 1)[0, :3].tolist() == [[0, 0, 0], [250, 10, 20], [30, 240, 50]]
+    assert (_decoded(data, 2) == 255).all()
+    assert np.abs(_decoded(data, 3) - [0, 255, 255]).max() <= 2
+
+
+@pytest.mark.parametrize(
+    ("array", "mode"),
+    [(np.zeros((6, 8), np.int32), "I"), (np.zeros((6, 8), np.float32), "F")],
+)
+def test_modes_without_an_8_bit_scale_are_refused(array, mode):
+    im = PIL.Image.fromarray(array)
+    assert im.mode == mode
+    with pytest.raises(UserError, match=f"^x.png: image mode {mode} is not supported"):
+        folder._to_rgb("x.png", im)
+
+
+def test_a_tiff_named_png_is_refused(tiny_folder, cache):
+    root, _ = tiny_folder
+    path = _replace(root, "00.png", PIL.Image.fromarray(np.ones((6, 8), np.float32)), format="TIFF")
+    with pytest.raises(UserError) as e:
+        load_dataset("folder", root)
+    assert str(e.value) == f"{path}: not a readable PNG or JPEG image"
+
+
+# ---- sizes, checked before decoding ----
+
+
+def _record_allocations(monkeypatch):
+    sizes = []
+    real_empty = np.empty
+
+    def empty(shape, *args, **kwargs):
+        sizes.append(int(np.prod(shape)))
+        return real_empty(shape, *args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", empty)
+    return sizes
+
+
+def test_a_huge_first_image_is_named_before_anything_is_allocated(tiny_folder, cache, monkeypatch):
+    root, _ = tiny_folder
+    big = _replace(root, "00.png", PIL.Image.new("1", (4000, 4000)))  # 2 KB on disk
+    sizes = _record_allocations(monkeypatch)
+    with pytest.raises(UserError) as e:
+        load_dataset("folder", root)
+    assert str(e.value).startswith(f"{big}: image is 4000x4000 pixels, more than the 1024")
+    assert max(sizes, default=0) < 1 << 20
+
+
+def test_an_odd_first_image_is_the_one_named(tiny_folder, cache, monkeypatch):
+    root, _ = tiny_folder
+    odd = _replace(root, "00.png", PIL.Image.new("RGB", (40, 30)))
+    sizes = _record_allocations(monkeypatch)
+    with pytest.raises(UserError) as e:
+        load_dataset("folder", root)
+    assert str(e.value).startswith(f"{odd}: image is 40x30 pixels but the others are 8x6")
+    assert max(sizes, default=0) <= 12 * 6 * 8 * 3  # allocated at the common size only
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels and holds (almost) no data."""
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 100)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [5000, 100_000])  # under and over Pillow's bomb limit
+def test_a_decompression_bomb_is_one_line(tiny_folder, cache, side):
+    root, _ = tiny_folder
+    bomb = root / "train" / "dog" / "01.png"
+    bomb.write_bytes(_png_header_only(side, side))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        with pytest.raises(UserError) as e:
+            load_dataset("folder", root)
+    assert str(e.value).startswith(f"{bomb}: image ") and "\n" not in str(e.value)
+    assert "too large" in str(e.value) or "more than the 1024" in str(e.value)
+
+
+# ---- error messages ----
+
+
+@pytest.mark.parametrize("content", ["garbage", "truncated"])
+def test_image_errors_name_the_file_not_a_memory_buffer(tiny_folder, cache, content):
+    root, _ = tiny_folder
+    bad = root / "train" / "emu" / "02.png"
+    data = bad.read_bytes()
+    bad.write_bytes(b"not an image at all" if content == "garbage" else data[: len(data) // 2])
+    with pytest.raises(UserError) as e:
+        load_dataset("folder", root)
+    msg = str(e.value)
+    assert msg.startswith(f"{bad}: not a readable PNG or JPEG image")
+    assert "BytesIO" not in msg and " at 0x" not in msg and "\n" not in msg

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from plainnet.data.augment import AUGMENTATIONS, augment_batch, draw_augmentation, normalize
-from plainnet.data.cifar import Splits, load_cifar
+from plainnet.data.cifar import Splits, check_data_dir, load_cifar
 from plainnet.data.folder import load_folder
 from plainnet.errors import UserError
 
@@ -140,7 +140,7 @@ def load_dataset(
             raise UserError(
                 "the folder data set needs --data-dir DIR (with DIR/train and DIR/test)"
             )
-        root = Path(data_dir).expanduser().resolve()
+        root = check_data_dir(data_dir)  # a symbolic link loop is one line, not a traceback
         splits = load_folder(root, cache_dir())
         label = f"folder:{root.name}"
     else:

@@ -8,7 +8,9 @@ nothing lands outside the target folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import lzma
 import os
 import pickle
 import shutil
@@ -16,13 +18,14 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from plainnet.errors import UserError
+from plainnet.errors import UserError, one_line
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct
@@ -94,10 +97,29 @@ def load_cifar(name: str, data_dir: Path, *, download: bool = True) -> Splits:
     Missing data is downloaded into `data_dir` when `download` is true.
     """
     archive = ARCHIVES[name]
+    check_data_dir(data_dir)
     folder = ensure_extracted(archive, data_dir, download=download)
     if name == "cifar100":
         return _read_cifar100(folder, archive)
     return _read_cifar10(folder, archive)
+
+
+def check_data_dir(path: str | Path) -> Path:
+    """``path`` absolute, links resolved; a symbolic link loop or a path that cannot be looked
+    at is a one-line `UserError` naming it. A missing path is not (callers say what goes there).
+    """
+    path = Path(path).expanduser()
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        why = "a symbolic link loop" if e.errno == errno.ELOOP else f"cannot look at it ({e})"
+        raise UserError(f"{path}: {why}: pass another --data-dir") from None
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a link loop, Python < 3.13
+        raise UserError(f"{path}: cannot resolve the path ({e}): pass another --data-dir") from None
 
 
 def ensure_extracted(archive: Archive, data_dir: Path, *, download: bool) -> Path:
@@ -123,7 +145,7 @@ def ensure_extracted(archive: Archive, data_dir: Path, *, download: bool) -> Pat
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(
-                f"cannot create the data folder {data_dir} ({e}): pass --data-dir"
+                f"cannot create the data folder {data_dir} ({one_line(e)}): pass --data-dir"
             ) from e
         if not os.access(data_dir, os.W_OK):
             raise UserError(
@@ -136,13 +158,20 @@ def ensure_extracted(archive: Archive, data_dir: Path, *, download: bool) -> Pat
             raise
         except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
             raise UserError(
-                f"{archive.title} not found in {data_dir} and download failed ({e}): "
+                f"{archive.title} not found in {data_dir} and download failed ({one_line(e)}): "
                 f"put {archive.filename} in {data_dir} or pass --data-dir"
             ) from e
     safe_extract(tar_path, data_dir)
     if not folder.is_dir():
         raise UserError(f"{tar_path} does not contain {archive.folder}/: not the official archive")
-    return ensure_extracted(archive, data_dir, download=False)  # checks the files are all there
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing:  # what we just extracted: remove it, or the next run blames the folder
+        shutil.rmtree(folder, ignore_errors=True)
+        raise UserError(
+            f"{tar_path} is not the official archive (no {archive.folder}/{missing[0]}): "
+            "delete it and download it again"
+        )
+    return folder
 
 
 def download_archive(url: str, dest: Path, md5: str, *, timeout_s: float = 60.0) -> None:
@@ -186,7 +215,7 @@ def safe_extract(tar_path: Path, target: Path) -> None:
             f"cannot extract {tar_path.name}: {target} is not writable; extract it yourself "
             f"or copy it to a writable folder and pass --data-dir"
         )
-    root = target.resolve()
+    root = check_data_dir(target)
     try:
         with tarfile.open(tar_path, "r:*") as tar:
             members = tar.getmembers()
@@ -198,13 +227,24 @@ def safe_extract(tar_path: Path, target: Path) -> None:
                     tar.extractall(tmp, members=members, filter="data")
                 else:  # Python without extraction filters; members are checked above
                     tar.extractall(tmp, members=members)
+                # gzip checks its CRC only at the end of the stream, which tarfile never reads:
+                # without this, damaged bytes inside a member would be extracted silently.
+                while tar.fileobj.read(1 << 20):
+                    pass
                 for top in sorted({Path(m.name).parts[0] for m in members}):
                     if not (target / top).exists():
                         os.replace(tmp / top, target / top)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f"{tar_path}: cannot extract ({e}): delete it and download it again") from e
+    except tarfile.ReadError as e:  # its text lists every compression tried, one per line
+        why = "not a tar archive, or a damaged one" if "\n" in str(e) else one_line(e)
+        raise UserError(
+            f"{tar_path}: cannot extract ({why}): delete it and download it again"
+        ) from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        raise UserError(
+            f"{tar_path}: cannot extract ({one_line(e)}): delete it and download it again"
+        ) from None
 
 
 def _check_member(m: tarfile.TarInfo, root: Path, tar_path: Path) -> None:
@@ -258,10 +298,10 @@ def read_pickle(path: Path) -> dict[bytes, Any]:
     except UserError:
         raise
     except OSError as e:
-        raise UserError(f"{path}: cannot read ({e})") from e
+        raise UserError(f"{path}: cannot read ({one_line(e)})") from e
     except Exception as e:  # truncated or corrupt: UnpicklingError, EOFError, ValueError, ...
         raise UserError(
-            f"{path}: corrupt or truncated pickle ({type(e).__name__}: {e}): "
+            f"{path}: corrupt or truncated pickle ({type(e).__name__}: {one_line(e)}): "
             f"delete the folder and extract the archive again"
         ) from e
     if not isinstance(obj, dict):

@@ -4,6 +4,25 @@ Decoding tens of thousands of small images takes seconds, so the decoded uint8 a
 as one `.npz` file per data set in a cache folder (the data folder itself may be read-only). The
 cache carries a fingerprint of the file list (relative paths, sizes, modification times) and is
 rebuilt whenever the folder changes or the cache file cannot be read.
+
+Only PNG and JPEG contents are decoded (whatever the suffix says), and each image becomes 8-bit
+RGB by its Pillow mode:
+
+    RGB                  as stored (Pillow keeps the high byte of 16-bit colour PNGs)
+    L, 1                 grey copied to R, G and B (mode 1: 0 or 255)
+    I;16, I;16B, I;16L   16-bit grey: the high byte (v >> 8), like Pillow's 16-bit colour; an
+                         8-bit grey saved as 16 bits (v * 257) comes back exactly
+    I from a PNG         the same (Pillow before 10 opens 16-bit grey PNGs as I)
+    RGBA, LA, RGBX       alpha (or padding) dropped, colours as stored: what torchvision's
+                         ImageFolder loader (`convert("RGB")`) gives, so both see the same pixels
+    P, PA                palette colours, alpha dropped (through RGBA: no transparency warning)
+    CMYK, YCbCr          Pillow's conversion (CMYK without a colour profile)
+    anything else        refused, naming the file and mode: I (32-bit) and F (float) have no
+                         agreed 8-bit scale; LAB, HSV, ... are not what a PNG or JPEG holds
+
+All images must have one size, read from each file's header before any pixels are decoded or
+memory for the data set is allocated; a side over `MAX_SIDE` pixels is refused (everything is
+held in memory at once, and a huge image is most likely a mistake or a decompression bomb).
 """
 
 from __future__ import annotations
@@ -11,18 +30,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from plainnet.data.cifar import Splits
-from plainnet.errors import UserError
+from plainnet.data.cifar import Splits, check_data_dir
+from plainnet.errors import UserError, one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # compared case-insensitively
-CACHE_VERSION = 1  # bump when the cache layout changes so old files are rebuilt
+FORMATS = ("PNG", "JPEG")  # what Pillow may decode, whatever the suffix says
+MAX_SIDE = 1024  # pixels; a CIFAR-like data set held in memory has far smaller images
+MAX_FILE_BYTES = 64 << 20  # bytes; far above any PNG or JPEG of MAX_SIDE x MAX_SIDE pixels
+_EIGHT_BIT = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L")
+CACHE_VERSION = 2  # bump when the layout or the decoding changes, so old files are rebuilt
 _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
@@ -33,7 +58,7 @@ def load_folder(data_dir: Path, cache: Path) -> Splits:
     Hidden files and folders (names starting with ".") are skipped, as are files whose suffix
     is not an image suffix. All images must have one size; they are converted to RGB.
     """
-    root = Path(data_dir).expanduser().resolve()
+    root = check_data_dir(data_dir)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder: pass --data-dir DIR with DIR/train and DIR/test")
     for split in ("train", "test"):
@@ -119,42 +144,117 @@ def _fingerprint(lines: list[str]) -> str:
     return h.hexdigest()
 
 
-def _decode(path: str) -> np.ndarray:
-    """One image as uint8 (H, W, 3) RGB."""
+def _open(path: str) -> Image.Image:
+    """The image at ``path``, opened lazily: its header (size, mode) is read, no pixels yet."""
+    data = _read_bytes(path)
     try:
-        # Reading the bytes first and decoding from memory is about 1.5x faster than letting
-        # Pillow read the file itself in small pieces (measured on 32 x 32 JPEGs).
-        with Image.open(io.BytesIO(_read_bytes(path))) as im:
-            return np.asarray(im.convert("RGB"))
+        # Decoding from memory is about 1.5x faster than letting Pillow read the file itself in
+        # small pieces (measured on 32 x 32 JPEGs). Our own size limit is far stricter than
+        # Pillow's decompression-bomb warning, which would only add noise.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError:
+        raise UserError(f"{path}: image too large (more than {MAX_SIDE} pixels a side)") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not a readable PNG or JPEG image") from None
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, ... on bad files
-        raise UserError(f"{path}: not a readable PNG or JPEG image ({e})") from e
+        raise UserError(f"{path}: not a readable PNG or JPEG image ({_reason(e)})") from None
 
 
 def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        with open(path, "rb") as f:
+            if (n := os.fstat(f.fileno()).st_size) > MAX_FILE_BYTES:
+                raise UserError(
+                    f"{path}: {n:,} bytes, too large for an image of at most {MAX_SIDE} x "
+                    f"{MAX_SIDE} pixels"
+                )
+            return f.read()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _reason(e: Exception) -> str:
+    """Pillow's message in one line, without the repr of the in-memory file it was given."""
+    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the file", one_line(e))
+
+
+def _size(path: str, im: Image.Image) -> tuple[int, int]:
+    """``im``'s (width, height) from its header; over `MAX_SIDE` is a `UserError`."""
+    w, h = im.size
+    if max(w, h) > MAX_SIDE:
+        raise UserError(
+            f"{path}: image is {w}x{h} pixels, more than the {MAX_SIDE} a side a folder data "
+            "set allows (all images are held in memory at once): resize it"
+        )
+    return w, h
+
+
+def _to_rgb(path: str, im: Image.Image) -> np.ndarray:
+    """``im`` as uint8 (H, W, 3) RGB by the mode table in the module docstring."""
+    if im.mode in _SIXTEEN_BIT or (im.mode == "I" and im.format == "PNG"):
+        grey = (np.clip(np.asarray(im), 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    elif im.mode not in _EIGHT_BIT:
+        raise UserError(
+            f"{path}: image mode {im.mode} is not supported (no agreed 8-bit RGB): save it as "
+            "8-bit RGB, grey, palette or 16-bit grey"
+        )
+    return np.asarray(im.convert("RGB"))
+
+
+def _decode(path: str, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as uint8 (H, W, 3) RGB; it must be ``size`` = (H, W) if given, which is
+    checked from the header, before any pixels are decoded."""
+    with _open(path) as im:
+        w, h = _size(path, im)
+        _same_size(path, (h, w), size)
+        try:
+            return _to_rgb(path, im)
+        except UserError:
+            raise
+        except Exception as e:  # a truncated or damaged file shows when its pixels are decoded
+            raise UserError(f"{path}: not a readable PNG or JPEG image ({_reason(e)})") from None
+
+
+def _same_size(path: str, found: tuple[int, int], size: tuple[int, int] | None) -> None:
+    if size is not None and tuple(found) != tuple(size):
+        raise UserError(
+            f"{path}: image is {found[1]}x{found[0]} pixels but the others are "
+            f"{size[1]}x{size[0]}: all images of a folder data set must have one size"
+        )
 
 
 def _decode_all(files: list[str], size: tuple[int, int] | None) -> np.ndarray:
-    """Decode `files` into uint8 (N, 3, H, W); all must be `size` = (H, W) (default: the first's).
+    """Decode `files` into uint8 (N, 3, H, W); all must be `size` = (H, W), by default the size
+    most of the first three images have (so a single odd image is the one named, even when it
+    is the first). Memory for all N is allocated only once that size is known.
 
     Serial on purpose: for 60,000 32 x 32 JPEGs on 2 cores, threads were slower (decoding such
     tiny images is mostly Python overhead under the GIL) and a 2-process pool only went from
     about 11 s to 9 s, not worth forking a process that may hold CUDA state. It runs once per
     data set; later loads read the cache.
     """
-    first = _decode(files[0])
-    h, w = first.shape[:2] if size is None else size
-    out = np.empty((len(files), h, w, 3), dtype=np.uint8)
+    first = [_decode(path, None) for path in files[:3]] if size is None else []
+    if size is None:
+        sizes = [img.shape[:2] for img in first]
+        size = sizes[1] if len(sizes) == 3 and sizes[1] == sizes[2] else sizes[0]
+    h, w = size
+    try:
+        out = np.empty((len(files), 3, h, w), dtype=np.uint8)
+    except MemoryError:
+        raise UserError(
+            f"{len(files):,} images of {w}x{h} pixels need {len(files) * 3 * h * w / 2**30:.1f} "
+            "GiB, more than this machine can allocate: use smaller or fewer images"
+        ) from None
     for i, path in enumerate(files):
-        img = first if i == 0 else _decode(path)
-        if img.shape != (h, w, 3):
-            raise UserError(
-                f"{path}: image is {img.shape[1]}x{img.shape[0]} pixels but the others are "
-                f"{w}x{h}: all images of a folder data set must have one size"
-            )
-        out[i] = img
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        img = first[i] if i < len(first) else _decode(path, size)
+        _same_size(path, img.shape[:2], size)
+        out[i] = img.transpose(2, 0, 1)
+    return out
 
 
 def _read_cache(path: Path, fingerprint: str, classes: list[str]) -> Splits | None:
