@@ -4,10 +4,12 @@
 Both pipelines train the same model with the same optimizer (SGD, momentum 0.9, the authors'
 weight decay, clipping at 10, the SGDR schedule) at batch size 100 on the same device:
 
-- plainnet: `plainnet.train.make_train_step` as `plainnet train` builds it: the images resident
-  on the device as uint8, each epoch's order and augmentation drawn by `epoch_plan`, batched
-  on-device augmentation, and the ``auto`` speed switches of `resolve_switches` (bf16 autocast,
-  channels-last, torch.compile and CUDA graphs where they pay on the device);
+- plainnet: `plainnet train`'s own loader and step (`DeviceLoader`, `TrainStep`, built by
+  `plainnet.recipe` as `plainnet train` builds them): the images resident on the device as
+  uint8, each epoch's order and augmentation from `epoch_plan`, batched on-device
+  augmentation, every iteration's rate from a device-side table, no read-back inside a step,
+  and the ``auto`` speed switches of `resolve_switches` (bf16 autocast, channels-last,
+  torch.compile and the whole step as one CUDA graph where they pay on the device);
 - conventional: a `torch.utils.data.DataLoader` over the same images (numpy HWC uint8) with
   per-image pad-4 random crop, flip, ToTensor and Normalize on CPU worker processes, fp32,
   default memory format, eager, ``loss.item()`` and accuracy read every step.
@@ -30,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -39,24 +40,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from plainnet.data import ImageData, channel_stats, load_dataset
+from plainnet.config import AMP, SWITCH, TrainConfig, resolve_device, resolve_switches
+from plainnet.data import DeviceLoader, ImageData, channel_stats, load_dataset
 from plainnet.errors import UserError
+from plainnet.evaluate import default_eval_batch_size, predict
 from plainnet.models import build_model
-from plainnet.run_dir import write_json
-from plainnet.schedules import ScheduledLR, paper_schedule
-from plainnet.train import (
-    DEFAULT_WEIGHT_DECAY,
-    TrainConfig,
+from plainnet.provenance import environment
+from plainnet.recipe import (
+    TrainStep,
     build_model_and_optimizer,
-    default_eval_batch_size,
-    environment,
-    epoch_plan,
     param_groups,
-    predict,
-    recipe_train_step,
-    resolve_device,
-    resolve_switches,
+    seed_everything,
+    weight_decay,
 )
+from plainnet.run_dir import write_json
+from plainnet.schedules import ScheduledLR, lr_table, paper_schedule
 
 BATCH = 100
 EPOCH_IMAGES = 50_000  # a CIFAR training epoch
@@ -132,74 +130,50 @@ class Pipeline:
         raise NotImplementedError
 
 
-def weight_decay_for(model_name: str) -> float:
-    return DEFAULT_WEIGHT_DECAY["resnet" if model_name.startswith("resnet") else "plain"]
-
-
 class PlainnetPipeline(Pipeline):
-    """`make_train_step` with the model, optimizer and schedule built as `plainnet train` does,
-    stepping through on-device data the way its epoch loop does (device-side sums, no sync)."""
+    """`plainnet train`'s loader and step, built as `plainnet train` builds them, stepped
+    through epochs with `TrainStep.steps`, the loop primitive `plainnet train` runs."""
 
     name = "plainnet"
 
-    def __init__(
-        self,
-        model_name: str,
-        data: ImageData,
-        device: torch.device,
-        cfg: TrainConfig,
-    ):
+    def __init__(self, model_name: str, data: ImageData, device: torch.device, cfg: TrainConfig):
         self.switches = resolve_switches(cfg, device)
-        torch.manual_seed(0)
-        model, optimizer = build_model_and_optimizer(
-            cfg,
-            data.num_classes,
-            device,
-            channels_last=self.switches["channels_last"],
+        seed_everything(0)
+        self.model, optimizer = build_model_and_optimizer(
+            cfg, data.num_classes, device, self.switches
         )
-        iters = len(data.train_labels) // BATCH
-        scheduler = ScheduledLR(optimizer, paper_schedule("sgdr", iters, 1.0))
-        self.step = recipe_train_step(model, optimizer, scheduler, cfg, self.switches, data, device)
-        # `predict` reads the normalisation constants from here (already on the device).
-        self.stats = SimpleNamespace(
-            mean=torch.tensor(data.mean, device=device), std=torch.tensor(data.std, device=device)
-        )
-        self.model, self.device, self.augment = model, device, cfg.augment
-        self.train_x = data.train_images.to(device).contiguous()
-        self.train_y = data.train_labels.to(device)
+        loader = DeviceLoader(
+            data.train_images, data.train_labels, batch_size=BATCH, augment=cfg.augment,
+            seed=0, device=device,
+        )  # fmt: skip
+        self.iters = len(data.train_labels) // BATCH
+        schedule = paper_schedule("sgdr", self.iters, 1.0)
+        self.mean, self.std = (torch.tensor(v, device=device) for v in (data.mean, data.std))
+        self.step = TrainStep(
+            self.model, optimizer, loader, lr_table(schedule, schedule.total_iters, device),
+            mean=self.mean, std=self.std, switches=self.switches, clip_norm=cfg.clip_norm,
+        )  # fmt: skip
+        self.device, self.epoch, self.position = device, 0, 0
         self.test_x = data.test_images.to(device)
-        self.epoch, self.position, self.plan = -1, 0, None
-        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        self.wrong_sum = torch.zeros((), device=device, dtype=torch.int64)
-
-    def _next_batch(self) -> tuple[torch.Tensor, ...]:
-        n = len(self.train_y)
-        if self.plan is None or (self.position + 1) * BATCH > n:
-            self.epoch, self.position = self.epoch + 1, 0
-            plan = epoch_plan(0, self.epoch, 0, n, self.augment, tuple(self.train_x.shape[-2:]))
-            self.plan = [t.to(self.device) for t in plan]
-        order, shifts, flips = self.plan
-        idx = order[self.position * BATCH : (self.position + 1) * BATCH]
-        self.position += 1
-        return self.train_x[idx], self.train_y[idx], shifts[idx], flips[idx]
+        self.step.start_epoch(0, 0, 0)
 
     def train_steps(self, n: int) -> None:
         self.model.train()
-        for _ in range(n):
-            loss, wrong, _lr = self.step(*self._next_batch())
-            self.loss_sum.add_(loss, alpha=BATCH)
-            self.wrong_sum.add_(wrong)
-        float(self.loss_sum)  # the loop's periodic read-back, and the end of the timed work
+        while n:
+            if self.position == self.iters:  # the next epoch, as `plainnet train` starts it
+                self.epoch, self.position = self.epoch + 1, 0
+                self.step.start_epoch(self.epoch, 0, self.epoch * self.iters)
+            k = min(n, self.iters - self.position)
+            for _ in self.step.steps(self.position, self.position + k):
+                pass
+            self.position, n = self.position + k, n - k
+        float(self.step.loss_sum)  # the loop's periodic read-back, and the end of the timed work
 
     def evaluate(self, n: int) -> None:
-        s = self.switches
         logits = predict(
-            self.model,
-            self.test_x[:n],
-            self.stats,
-            amp=s["amp"],
-            channels_last=s["channels_last"],
-        )
+            self.model, self.test_x[:n], self.mean, self.std,
+            channels_last=self.switches.channels_last,
+        )  # fmt: skip
         float(logits.sum())
 
 
@@ -209,10 +183,12 @@ class ConventionalPipeline(Pipeline):
     name = "conventional"
 
     def __init__(self, model_name: str, data: ImageData, device: torch.device, workers: int):
-        torch.manual_seed(0)
+        seed_everything(0)
         self.model = build_model(model_name, data.num_classes).to(device)
         self.optimizer = torch.optim.SGD(
-            param_groups(self.model, weight_decay_for(model_name)), lr=0.0, momentum=0.9
+            param_groups(self.model, weight_decay(TrainConfig(model=model_name))),
+            lr=0.0,
+            momentum=0.9,
         )
         iters = len(data.train_labels) // BATCH
         self.scheduler = ScheduledLR(self.optimizer, paper_schedule("sgdr", iters, 1.0))
@@ -253,8 +229,8 @@ class ConventionalPipeline(Pipeline):
             self.optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
-            self.scheduler.step()
             self.optimizer.step()
+            self.scheduler.step()
             running_loss += loss.item()
             correct += (out.argmax(1) == y).sum().item()
 
@@ -469,7 +445,7 @@ def measure_model(model_name: str, data: ImageData, device: torch.device, args) 
             "peak_memory_mib": memory[p.name],
             "warmup_seconds": compile_seconds[p.name],
             "achieved_flops_per_second": flops * rate["median"],
-            **({"switches": p.switches} if isinstance(p, PlainnetPipeline) else {}),
+            **({"switches": p.switches.record()} if isinstance(p, PlainnetPipeline) else {}),
         }
     if len(pipes) == 2:
         pairs = [
@@ -546,7 +522,7 @@ def worker_options(args) -> list[str]:
 
 
 def report_table(results: dict) -> str:
-    from plainnet.report import format_table
+    from plainnet.tables import format_table
 
     rows = []
     for model_name, r in results["models"].items():
@@ -611,10 +587,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", help="for a real data set (see plainnet train --data-dir)")
     p.add_argument("--workers", type=int, help="conventional DataLoader workers (default: cores)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, all cores)")
-    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="plainnet bf16")
-    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--amp", default="auto", choices=AMP, help="plainnet's autocast")
+    p.add_argument("--channels-last", default="auto", choices=SWITCH)
+    p.add_argument("--compile", default="auto", choices=SWITCH)
+    p.add_argument("--cuda-graphs", default="auto", choices=SWITCH)
     p.add_argument("--only", choices=["plainnet", "conventional"], help="measure one pipeline")
     p.add_argument("--profile", action="store_true", help="top ops and host work of a step")
     p.add_argument("--concurrent", type=int, default=0, metavar="K",

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from plainnet.cli import main
+from plainnet.config import TrainConfig
 from plainnet.data import load_dataset
 from plainnet.errors import UserError
-from plainnet.evaluate import evaluate_path, fine_to_coarse
+from plainnet.evaluate import evaluate_path, fine_to_coarse, predict
 from plainnet.models import build_model
 from plainnet.run_dir import RunDir
-from plainnet.train import TrainConfig, predict, train
+from plainnet.train import train
 
 SMALL = "plain16-16|32-32|64"
 TINY = "plain8|16"
@@ -54,7 +55,7 @@ def test_real_run_final_error_per_class_and_snapshot_ensemble(cifar10_jpeg_data,
     for path in RunDir(run).snapshot_paths():
         model = build_model(SMALL, 10)
         model.load_state_dict(torch.load(path, weights_only=True))
-        mean = mean + predict(model, data.test_images, data).softmax(1) / 4
+        mean = mean + predict(model, data.test_images, data.mean, data.std).softmax(1) / 4
     expected = (mean.argmax(1) != data.test_labels).float().mean().item() * 100
     assert result["ensemble_test_error"] == pytest.approx(expected, abs=0.2 + 1e-6)  # <= 1 image
     stored = json.loads((run / "evaluation.json").read_text())
@@ -203,3 +204,27 @@ def test_cli_prints_tables_and_writes_json(tiny_run, capsys):
     assert stored["ensemble_snapshots"] == [0.2, 0.6, 1.4, 3.0]
     with pytest.raises(UserError, match="--last"):
         evaluate_path(tiny_run, ensemble=True, last=0, log=quiet)
+
+
+def test_stray_files_and_diverged_snapshots_stay_out_of_the_ensemble(tiny_run, capsys):
+    """A file of another name in snapshots/ is not a snapshot; a snapshot whose outputs are
+    not finite (a diverged model's) is left out and named, never averaged in."""
+    folder = tiny_run / "snapshots"
+    (folder / "iterABC.pt").write_bytes(b"junk")
+    (folder / "notes.txt").write_text("mine")
+    reference = evaluate_path(tiny_run, ensemble=True, log=quiet)
+    assert reference["ensemble_snapshots"] == [0.2, 0.6, 1.4, 3.0]
+    first = folder / "iter00000002.pt"
+    state = torch.load(first, weights_only=True)
+    torch.save({k: v.float().fill_(float("nan")) if v.is_floating_point() else v
+                for k, v in state.items()}, first)  # fmt: skip
+    lines: list[str] = []
+    result = evaluate_path(tiny_run, ensemble=True, log=lines.append)
+    assert result["ensemble_snapshots"] == [0.6, 1.4, 3.0]
+    assert any(line.startswith(f"left out {first}") for line in lines)
+
+
+def test_a_config_of_the_wrong_shape_is_one_line(tiny_run, capsys):
+    (tiny_run / "config.json").write_text(json.dumps({"config": "plain8", "resolved": {}}))
+    message = _one_line_error(capsys, ["evaluate", str(tiny_run)])
+    assert "config.json" in message and '"config"' in message

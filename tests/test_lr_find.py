@@ -9,9 +9,9 @@ import math
 import pytest
 
 from plainnet.cli import main
+from plainnet.config import TrainConfig
 from plainnet.errors import UserError
 from plainnet.lr_find import ExponentialRamp, lr_find, suggest
-from plainnet.train import TrainConfig
 
 SMALL = "plain16-16|32-32|64"
 

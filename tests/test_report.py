@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from plainnet.claims import claims
 from plainnet.cli import main
 from plainnet.errors import UserError
-from plainnet.report import cells as group_cells
-from plainnet.report import claims, load_runs, table1_rows, write_report
+from plainnet.grid import cells as group_cells
+from plainnet.grid import load_runs
+from plainnet.report import table1_rows, write_report
 from plainnet.stats import mean_std, welch
 
 # Final test errors per (model, schedule), three seeds: means 28, 27.5, 26 / 26.5, 28, 26.
@@ -38,10 +40,12 @@ def write_run(
     done: int = 4,
     scale: float = 1.0,
     dataset: str = "cifar100",
+    options: dict | None = None,
+    name: str | None = None,
 ) -> Path:
     """A run directory as `train` leaves it: config, per-epoch metrics (the last epoch's test
     error is ``error``) and summary."""
-    path = root / f"{model}-{schedule}-s{seed}"
+    path = root / (name or f"{model}-{schedule}-s{seed}")
     path.mkdir(parents=True)
     config = {
         "config": {"model": model, "schedule": schedule, "seed": seed, "scale": scale},
@@ -49,6 +53,7 @@ def write_run(
         "environment": {"plainnet": "0.1.0", "torch": "2.x", "device_name": "Test GPU"},
     }
     config["config"].update({"dataset": dataset, "batch_size": 100, "epochs": None})
+    config["config"].update(options or {})
     (path / "config.json").write_text(json.dumps(config))
     rows = [
         {
@@ -86,7 +91,7 @@ def grid(tmp_path) -> Path:
 def test_table_holds_means_and_stds(grid):
     runs, problems = load_runs(grid)
     assert not problems and len(runs) == 18
-    rows = {(r["model"], r["schedule"]): r for r in table1_rows(group_cells(runs), grid)}
+    rows = {(r["model"], r["schedule"]): r for r in table1_rows(group_cells(runs))}
     for key, errors in ERRORS.items():
         mean, std = mean_std(errors)
         assert rows[key]["test_error_mean"] == pytest.approx(mean)
@@ -140,7 +145,7 @@ def test_report_files_and_edge_cases(grid):
     assert "failed (epoch 2/4)" in text
     assert "plain8-sgdr-s2`: " in text and "corrupt" in text
     assert "plain8-step-s0`: no summary.json" in text
-    assert "[s0](plain11-sgdr-s0/)" in text
+    assert "[plain11-sgdr-s0](plain11-sgdr-s0/)" in text
     assert "Test GPU" in text
     with open(grid / "table1.csv") as f:
         table = {(r["model"], r["schedule"]): r for r in csv.DictReader(f)}
@@ -171,3 +176,49 @@ def test_report_cli(grid, tmp_path, capsys):
 def test_load_runs_missing_dir(tmp_path):
     with pytest.raises(UserError):
         load_runs(tmp_path / "missing")
+
+
+def test_runs_of_other_configurations_are_never_pooled(grid):
+    """A second configuration of Plain-11 with SGDR (another length, and SGDR stepped per
+    epoch) is its own row, its seeds pooled apart, and the report names what differs."""
+    for seed, error in enumerate([40.0, 42.0]):
+        write_run(grid, "plain11", "sgdr", seed, error, name=f"short-s{seed}",
+                  options={"epochs": 18.0, "epochwise_sgdr": True})  # fmt: skip
+    runs, _ = load_runs(grid)
+    rows = [r for r in table1_rows(group_cells(runs)) if r["model"] == "plain11"]
+    sgdr = [r for r in rows if r["schedule"] == "sgdr"]
+    assert sorted(r["seeds"] for r in sgdr) == [2, 3]
+    assert sorted(r["test_error_mean"] for r in sgdr) == [26.0, 41.0]
+    short = next(r for r in sgdr if r["seeds"] == 2)
+    assert short["differs"] == "epochs=18.0, epochwise_sgdr=True"
+    assert short["variant"] == "SGDR (per epoch)"
+    write_report(grid, log=lambda _m: None)
+    text = (grid / "report.md").read_text()
+    assert "differs in" in text and "epochs=18.0, epochwise_sgdr=True" in text
+    assert "SGDR (per iteration)" in text  # the other row says how its SGDR stepped
+
+
+def test_markdown_specials_are_escaped_and_the_csv_holds_plain_values(tmp_path):
+    write_run(tmp_path, "plain8-8|16", "clr", 0, 87.99999952316284, name="plain8-8_16-clr-s0")
+    write_report(tmp_path, log=lambda _m: None)
+    text = (tmp_path / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| plain8-8"))
+    assert "plain8-8\\|16" in row  # the | cannot split the row's cells
+    assert row.count(" | ") == text.splitlines()[2].count(" | ")  # as many cells as the header
+    with open(tmp_path / "table1.csv") as f:
+        (entry,) = list(csv.DictReader(f))
+    assert entry["model"] == "plain8-8|16" and entry["test_error_mean"] == "88.0"
+    assert entry["runs"] == "plain8-8_16-clr-s0"  # a name, not a Markdown link
+    assert entry["paper_test_error"] == "" and entry["test_error_std"] == ""  # unknown: empty
+
+
+def test_a_run_of_the_wrong_shape_is_listed_and_the_report_goes_on(grid):
+    bad = write_run(grid, "plain8", "step", 0, 50.0)
+    (bad / "summary.json").write_text(json.dumps({"status": "finished", "test_error": "abc"}))
+    listed = write_run(grid, "plain8", "clr", 0, 50.0)
+    (listed / "config.json").write_text(json.dumps(["not", "an", "object"]))
+    write_report(grid, log=lambda _m: None)
+    text = (grid / "report.md").read_text()
+    assert "plain8-step-s0`: " in text and "test_error" in text
+    assert "plain8-clr-s0`: " in text
+    assert "| Plain-11" in text  # the rest of the grid is reported

@@ -1,5 +1,6 @@
 """The schedules against the paper's equations and against PyTorch's own schedulers."""
 
+import io
 import math
 
 import pytest
@@ -115,11 +116,14 @@ def test_bad_arguments_are_value_errors():
 
 
 def _drive(schedule, n, optimizer):
+    """The rate each of ``n`` iterations runs at, with the scheduler stepped as PyTorch's
+    are: after ``optimizer.step()``."""
     adapter = ScheduledLR(optimizer, schedule)
     rates = []
     for _ in range(n):
-        adapter.step()
         rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        adapter.step()
     return rates
 
 
@@ -179,17 +183,72 @@ def test_adapter_state_resumes_the_schedule():
     opt = _sgd()
     first = ScheduledLR(opt, f)
     for _ in range(37):
+        opt.step()
         first.step()
     state = first.state_dict()
+    assert "schedule" not in state  # a function: not saved, rebuilt by the caller
+    torch.save(state, buffer := io.BytesIO())
+    buffer.seek(0)
     opt2 = _sgd()
     resumed = ScheduledLR(opt2, f)
-    resumed.load_state_dict(state)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
     rest = []
     for _ in range(63):
-        rest.append(resumed.step())
+        rest.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        resumed.step()
     assert rest == straight[37:]
-    assert resumed.t == 100
+    assert resumed.last_epoch == 100 and resumed.get_last_lr() == [f(100)]
+
+
+def test_adapter_is_a_torch_scheduler_and_sets_tensor_rates():
+    """A real `LRScheduler`: isinstance checks of training libraries pass, and a tensor rate
+    (as plainnet's fused SGD uses) is written in place."""
+    f = paper_schedule("clr", 10, scale=0.05)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=torch.tensor(0.0))
+    rate = opt.param_groups[0]["lr"]
+    scheduler = ScheduledLR(opt, f, lr_scale=2.0)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+    for t in range(5):
+        assert float(rate) == pytest.approx(2.0 * f(t), rel=1e-6)
+        opt.step()
+        scheduler.step()
+    assert opt.param_groups[0]["lr"] is rate
 
 
 def test_step_lr_function_defaults():
     assert step_lr(0.5) == 0.01 and step_lr(1.0) == 0.1 and step_lr(200) == pytest.approx(1e-3)
+
+
+def test_adapter_drives_a_lightning_loop():
+    """`ScheduledLR` in another library's training loop: Lightning steps it once per batch
+    (``interval: "step"``) and every batch runs at the schedule's rate for its iteration."""
+    import lightning.pytorch as lightning
+
+    f = paper_schedule("sgdr", 4, scale=2 / 180)  # two epochs of four batches, restarts
+    seen: list[float] = []
+
+    class Tiny(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 2)
+
+        def training_step(self, batch, index):
+            seen.append(self.optimizers().param_groups[0]["lr"])
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.layer(x), y)
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": ScheduledLR(opt, f), "interval": "step"},
+            }
+
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    trainer = lightning.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=2))
+    assert seen == pytest.approx([f(t) for t in range(8)], rel=1e-12)

@@ -15,17 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from plainnet.config import TrainConfig
 from plainnet.data import load_dataset
 from plainnet.errors import UserError
+from plainnet.evaluate import default_eval_batch_size, predict
 from plainnet.models import build_model
 from plainnet.run_dir import RunDir
-from plainnet.train import (
-    StopRequest,
-    TrainConfig,
-    default_eval_batch_size,
-    predict,
-    train,
-)
+from plainnet.train import train, train_together
 
 SMALL = "plain16-16|32-32|64"  # a 5-layer member of the plain family: seconds per epoch on a CPU
 
@@ -61,8 +57,9 @@ def test_evaluation_does_not_depend_on_its_batch_size(cifar10_jpeg_data):
     model = build_model(SMALL, 10)
     images = cifar10_jpeg_data.test_images[:1000]
     assert default_eval_batch_size(images.device) == 100
-    by_batch = {b: predict(model, images, cifar10_jpeg_data, batch_size=b) for b in (37, 1000)}
-    default = predict(model, images, cifar10_jpeg_data)
+    stats = (cifar10_jpeg_data.mean, cifar10_jpeg_data.std)
+    by_batch = {b: predict(model, images, *stats, batch_size=b) for b in (37, 1000)}
+    default = predict(model, images, *stats)
     for logits in by_batch.values():
         torch.testing.assert_close(logits, default, rtol=1e-4, atol=1e-4)
         assert torch.equal(logits.argmax(1), default.argmax(1))
@@ -156,26 +153,6 @@ def test_resume_after_kill_is_bitwise_identical(resume_data, tmp_path, sig):
     rows_a, rows_b = RunDir(straight).read_metrics(), RunDir(broken).read_metrics()
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
     assert [r["test_error"] for r in rows_a] == [r["test_error"] for r in rows_b]
-
-
-def test_stop_request_repeats():
-    """A repeated SIGTERM is the same request (`timeout` sends two); a second Ctrl-C stops at
-    once. Each signal here is handled before the next is sent."""
-    with StopRequest() as stop:
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGTERM)
-        except KeyboardInterrupt:
-            pytest.fail("a repeated SIGTERM stopped the run at once")
-        assert stop.signal == signal.SIGTERM
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    with StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.signal == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
 
 
 def test_second_ctrl_c_stops_at_once_and_says_so(tiny_cifar10, tmp_path):
@@ -368,34 +345,6 @@ def test_tensorboard_option_needs_the_package(tiny_cifar10, tmp_path, monkeypatc
     assert RunDir(tmp_path / "run").is_empty()  # nothing written: the same command can rerun
 
 
-def test_recorded_commit_says_when_the_sources_differ_from_it(tmp_path):
-    """A run's environment names the git commit of the package it ran, with ``-dirty`` when the
-    package's tracked sources differ from that commit (a copied or edited tree)."""
-    package = Path(__file__).resolve().parents[1] / "src" / "plainnet"
-    repo = tmp_path / "repo"
-    shutil.copytree(
-        package, repo / "src" / "plainnet", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
-    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "copy"]):
-        subprocess.run([*git, *args], check=True)
-    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-
-    def recorded_commit() -> str:
-        code = "import torch; from plainnet.train import environment as e; "
-        code += "print(e(torch.device('cpu'))['git_commit'])"
-        env = {**os.environ, "PYTHONPATH": str(repo / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-        )
-        return out.stdout.strip()
-
-    assert recorded_commit() == head.stdout.strip()
-    with open(repo / "src" / "plainnet" / "errors.py", "a") as f:
-        f.write("# edited after the commit\n")
-    assert recorded_commit() == head.stdout.strip() + "-dirty"
-
-
 def test_deterministic_run_leaves_the_process_as_it_found_it(tiny_cifar10, tmp_path):
     """torch's determinism switch is process-global: a ``--deterministic`` run turns it on for
     itself only, so the runs after it in the same process (a grid, a notebook) are unaffected."""
@@ -405,3 +354,142 @@ def test_deterministic_run_leaves_the_process_as_it_found_it(tiny_cifar10, tmp_p
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["config"]["deterministic"] is True
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_on_real_jpegs_on_cuda(cifar10_jpeg_data, tmp_path):
+    """`plainnet train` on the GPU with every fast path on learns real CIFAR-10."""
+    cfg = TrainConfig(
+        model=SMALL, schedule="clr", dataset="folder", device="cuda", epochs=6,
+        train_limit=10_000, test_limit=2_000,
+    )  # fmt: skip
+    summary = train(cfg, tmp_path / "run", data=cifar10_jpeg_data, log=quiet)
+    assert summary["status"] == "finished" and summary["epochs_done"] == 6
+    assert summary["test_error"] < 60.0, summary  # chance is 90 %
+    resolved = RunDir(tmp_path / "run").read_config()["resolved"]
+    assert resolved["cuda_graphs"] and resolved["compile"]
+
+
+def test_runs_trained_together_equal_runs_trained_alone(tiny_cifar10, tmp_path):
+    """Two seeds in one process, in turns: each run's directory is exactly what training it
+    alone gives (bitwise on the CPU), and a member's checkpoint is a normal run's."""
+    base = dict(model="plain8|16", schedule="clr", dataset="cifar10", data_dir=str(tiny_cifar10),
+                epochs=2, batch_size=20)  # fmt: skip
+    cfgs = [TrainConfig(**base, seed=s) for s in (0, 1)]
+    together = train_together(cfgs, [tmp_path / "t0", tmp_path / "t1"], log=quiet)
+    assert [r["status"] for r in together] == ["finished", "finished"]
+    for seed in (0, 1):
+        alone = train(cfgs[seed], tmp_path / f"a{seed}", log=quiet)
+        assert together[seed]["test_error"] == alone["test_error"]
+        a, b = _weights(tmp_path / f"t{seed}"), _weights(tmp_path / f"a{seed}")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(_weights(tmp_path / "t0")["fc.linear.weight"],
+                           _weights(tmp_path / "t1")["fc.linear.weight"])  # fmt: skip
+    longer = TrainConfig(**{**base, "epochs": 3}, seed=0)
+    with pytest.raises(UserError, match="differs in: epochs"):
+        train(longer, tmp_path / "t0", log=quiet)  # a member's directory is a normal run's
+
+
+def test_a_diverging_member_stops_alone(tiny_cifar10, tmp_path):
+    good = TrainConfig(model="plain8|16", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=3,
+                       schedule="step", batch_size=20)  # fmt: skip
+    bad = TrainConfig(**{**vars(good), "lr_min": 0.01, "lr_max": 1e30, "clip_norm": 0.0})
+    results = train_together([bad, good], [tmp_path / "bad", tmp_path / "good"], log=quiet)
+    assert isinstance(results[0], UserError) and "NaN" in str(results[0])
+    assert RunDir(tmp_path / "bad").read_summary()["status"] == "diverged"
+    assert results[1]["status"] == "finished" and results[1]["epochs_done"] == 3
+
+
+def _image_folder(root: Path, per_class: int, classes=("cat", "dog", "emu")) -> None:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", per_class), ("test", 4)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (8, 8, 3), generator=g, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(root / split / c / f"{i:04d}.png")
+
+
+def test_resume_refuses_data_or_weights_that_are_not_the_runs(tmp_path, monkeypatch):
+    """Images added, a class removed, another model's weights, a checkpoint that is a bare
+    tensor or lacks a key: one line each, and nothing of the run is overwritten."""
+    monkeypatch.setenv("PLAINNET_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "images"
+    _image_folder(data, 20)
+    cfg = TrainConfig(model="plain8|16", dataset="folder", data_dir=str(data), epochs=3,
+                      batch_size=10, schedule="clr")  # fmt: skip
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run.path, log=lambda m: os.kill(os.getpid(), signal.SIGINT) if "1/3" in m else 0)
+    record = run.read_config()
+
+    _image_folder(data, 30)  # ten more images per class
+    with pytest.raises(
+        UserError, match=r"other data or another model \(train_images: 60 then, 90 now"
+    ):
+        train(cfg, run.path, log=quiet)
+    assert run.read_config() == record  # config.json's record is not overwritten
+    shutil.rmtree(data / "train" / "emu")
+    shutil.rmtree(data / "test" / "emu")
+    with pytest.raises(UserError, match="other data or another model"):
+        train(cfg, run.path, log=quiet)
+    shutil.rmtree(data)
+    _image_folder(data, 20)  # the run's data again
+
+    state = run.load_checkpoint()
+    other = build_model("plain8|32", 3).state_dict()
+    for bad, message in (
+        ({**state, "model": other}, "the weights do not fit plain8|16"),
+        (torch.zeros(3), "not a plainnet checkpoint"),
+        ({k: v for k, v in state.items() if k != "optimizer"}, r"no optimizer\)"),
+    ):
+        torch.save(bad, run.checkpoint)
+        with pytest.raises(UserError, match=message):
+            train(cfg, run.path, log=quiet)
+    torch.save(state, run.checkpoint)
+    assert train(cfg, run.path, log=quiet)["status"] == "finished"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"model": "plain8|16", "batch_size": 1}, "cannot train on batches of 1 images"),
+        ({"model": "plain8|8|8|8|8|8|8", "batch_size": 10}, "cannot train on batches of 10"),
+        ({"model": "plain8|16", "seed": 2**64}, "--seed must be an integer"),
+    ],
+)
+def test_a_run_that_cannot_take_its_first_step_is_refused_before_writing(
+    tiny_cifar10, tmp_path, options, message
+):
+    cfg = TrainConfig(dataset="cifar10", data_dir=str(tiny_cifar10), epochs=1, **options)
+    with pytest.raises(UserError, match=message):
+        train(cfg, tmp_path / "run", log=quiet)
+    assert RunDir(tmp_path / "run").is_empty()
+
+
+def test_an_error_inside_a_run_marks_it_failed(tiny_cifar10, tmp_path, monkeypatch):
+    cfg = TrainConfig(model="plain8|16", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=2)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of something")
+
+    monkeypatch.setattr("plainnet.train.evaluate", boom)
+    with pytest.raises(RuntimeError):
+        train(cfg, tmp_path / "run", log=quiet)
+    summary = RunDir(tmp_path / "run").read_summary()
+    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: out of something"
+
+
+def test_header_and_closing_lines(tiny_cifar10, tmp_path):
+    lines: list[str] = []
+    cfg = TrainConfig(model="plain8|16", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=2)
+    train(cfg, tmp_path / "run", log=lines.append)
+    assert lines[0].startswith("loading cifar10")
+    assert lines[1].startswith("plain8|16 (16,298 parameters), cifar10 (100 train / 20 test")
+    assert "sgdr for 2 epochs = 2 steps of 100" in lines[1] and "amp off" in lines[1]
+    assert (
+        lines[-1].startswith("finished: final test error ") and str(tmp_path / "run") in lines[-1]
+    )

@@ -1,41 +1,178 @@
-"""The `plainnet` command line: argument parsing only; the work lives in the library modules.
+"""The `plainnet` command line: parsing only; the work lives in the library modules.
 
-A mistake the user can fix ends in one line on stderr and exit status 2 (`UserError`);
-Ctrl-C exits with 130.
+A run's options are generated from `TrainConfig`'s fields, so every default and help text is
+stated once, there. An option a user does not give is absent from the parsed arguments: a
+configuration is the defaults, then a ``--config`` file or the run being resumed, then the
+options given, so an explicit value always wins (``--quick`` fills only the rest). A mistake the
+user can fix ends in one line on stderr and exit status 2; a stop (Ctrl-C, SIGTERM) exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import plainnet
+from plainnet.config import TrainConfig, flag, upgrade
 from plainnet.errors import UserError
 
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+GROUPS = {"run": "the run", "data": "data", "recipe": "length and recipe", "speed": "speed",
+          "processes": "several processes (torchrun)", "outputs": "outputs"}  # fmt: skip
+LR_FIND_SKIPS = {"schedule", "scale", "epochs", "lr_min", "lr_max", "lr_decay", "epochwise_sgdr",
+                 "test_limit", "eval_precision", "eval_batch_size", "scale_batch", "sync_bn",
+                 "tensorboard", "snapshots", "cuda_graphs"}  # fmt: skip
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and every option's default in its help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"plainnet: error: {message} (see {self.prog} --help)\n")
+
+
+def number(kind: type):
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            name = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"not {name}: {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def positive(kind: type):
+    def parse(text: str):
+        value = number(kind)(text)
+        if not (value > 0 and value != float("inf")):
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        return value
+
+    return parse
+
+
+def add_config_options(p: argparse.ArgumentParser, *, grid=False, skip=(), only=None) -> None:
+    """One option per `TrainConfig` field (a grid sets the per-run ones itself). Absent from
+    the parsed arguments unless given (``default=SUPPRESS``); the help states the default."""
+    groups = {}
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        if (grid and meta["per_run"]) or f.name in skip or (only and f.name not in only):
+            continue
+        g = groups.get(meta["group"]) or p.add_argument_group(GROUPS[meta["group"]])
+        groups[meta["group"]] = g
+        default = "the run's" if only else f.default
+        help = meta["help"] + ("" if "default" in meta["help"] else f" (default: {default})")
+        kw: dict = {"default": argparse.SUPPRESS, "help": help.replace("%", "%%")}
+        if f.type == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
+            kw.update(type=number(kind) if kind is not str else str, metavar=f.name.upper())
+            if meta["choices"]:
+                kw.update(choices=meta["choices"], metavar=None)
+        g.add_argument(flag(f.name), **kw)
+
+
+def given(args: argparse.Namespace) -> dict:
+    """The `TrainConfig` options given on the command line."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def read_options(path: str) -> dict:
+    """Options from a JSON or YAML file: a run's ``config.json`` or a small dict of options
+    (names with ``-`` or ``_``). Unknown names and non-dicts are one-line errors."""
+    from plainnet.run_dir import read_json
+
+    file = Path(path)
+    if file.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise UserError(f"{file}: reading YAML needs PyYAML: pip install pyyaml") from None
+        try:
+            value = yaml.safe_load(file.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise UserError(f"{file}: not readable YAML ({str(err).splitlines()[0]})") from None
+    else:
+        value = read_json(file)
+    if isinstance(value, dict) and isinstance(value.get("config"), dict):
+        value = value["config"]  # a run's config.json
+    if not isinstance(value, dict):
+        raise UserError(f"{file}: expected options as a mapping (name: value)")
+    options = {str(k).replace("-", "_"): v for k, v in value.items()}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise UserError(f"{file}: unknown option {unknown[0]!r}")
+    return options
+
+
+def make_config(args: argparse.Namespace, base: dict | None = None, **fixed) -> TrainConfig:
+    """Defaults, then ``base`` (a file or a stored run), then the options given, then
+    ``fixed``."""
+    if getattr(args, "config", None):
+        base = {**(base or {}), **read_options(args.config)}
+    values = {**upgrade(base or {}), **given(args), **fixed}
+    return TrainConfig(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from plainnet.run_dir import RunDir
+    from plainnet.train import train
+
+    if args.resume not in (None, True) and args.out not in (None, args.resume):
+        raise UserError("give the run directory once: --resume DIR or --out DIR --resume")
+    out = args.out or (args.resume if args.resume is not True else None)
+    if out is None:
+        raise UserError("say where the run is: --out DIR (or --resume DIR to continue one)")
+    base = None
+    if args.resume is not None:
+        run = RunDir(out)
+        if not run.config.exists():
+            raise UserError(f"{out}: nothing to resume (no run there yet)")
+        base = run.read_config()["config"]
+    train(make_config(args, base), out, resume=args.resume is not None)
+
+
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from plainnet.lr_find import lr_find
+
+    lr_find(
+        make_config(args), args.out, start_lr=args.start_lr, end_lr=args.end_lr,
+        iters=args.iters, beta=args.beta, diverge=args.diverge,
+    )  # fmt: skip
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from plainnet.evaluate import evaluate_path
+
+    evaluate_path(
+        args.path, ensemble=args.ensemble, last=args.last, overrides=given(args),
+        output=args.output,
+    )  # fmt: skip
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from plainnet.export import export_run
+
+    print(f"wrote {export_run(args.run, args.out, snapshot=args.snapshot)}")
 
 
 def cmd_schedules(args: argparse.Namespace) -> None:
-    from plainnet.report import plot_schedules, schedules_table
+    from plainnet.plots import plot_schedules
     from plainnet.schedules import SCHEDULES, paper_schedule
+    from plainnet.tables import schedules_table
 
     print(schedules_table(args.iters_per_epoch, args.scale))
     if args.output:
@@ -43,210 +180,37 @@ def cmd_schedules(args: argparse.Namespace) -> None:
         print(f"wrote {plot_schedules(args.output, scheds)}")
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="cifar100", choices=["cifar100", "cifar10", "folder"])
-    g.add_argument(
-        "--data-dir",
-        help="where the data set is (default: $PLAINNET_DATA, else the per-user cache folder)",
-    )
-    g.add_argument("--train-limit", type=positive_int, help="class-balanced training subset")
-    g.add_argument("--test-limit", type=positive_int, help="class-balanced test subset")
+def runner_options(args: argparse.Namespace):
+    from plainnet.launch import RunnerOptions, SlurmOptions
 
-
-def add_speed_switches(g: argparse._ArgumentGroup) -> None:
-    """The device and the speed switches of `TrainConfig` (train, reproduce, sweep, lr-find)."""
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="bf16 autocast")
-    g.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"])
-    g.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    g.add_argument(
-        "--cuda-graphs",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="replay each step as CUDA graphs (torch.compile reduce-overhead; auto: CUDA, one process)",
-    )
-
-
-def add_run_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
-    """The options of one training run (`TrainConfig`); a grid sets model/schedule/seed itself."""
-    from plainnet.data import AUGMENTATIONS
-    from plainnet.schedules import SCHEDULES
-
-    if not grid:
-        p.add_argument(
-            "--model",
-            default="plain11",
-            help="plain11 (default), resnet110, resnet<6n+2> or plain<widths> like plain64-64|128",
-        )
-        p.add_argument("--schedule", default="sgdr", choices=SCHEDULES)
-        p.add_argument("--seed", type=int, default=0)
-    add_data_options(p)
-    g = p.add_argument_group("length and recipe")
-    g.add_argument("--scale", type=positive_float, default=1.0, help="multiply schedule lengths")
-    if not grid:
-        g.add_argument(
-            "--epochs", type=positive_float, help="run length in epochs (sets --scale for you)"
-        )
-    g.add_argument("--batch-size", type=positive_int, default=100)
-    g.add_argument("--lr-min", type=positive_float, help="schedule's lower bound")
-    g.add_argument("--lr-max", type=positive_float, help="schedule's upper bound")
-    g.add_argument("--weight-decay", type=float, help="default: the authors' value per model")
-    g.add_argument("--clip-norm", type=float, default=10.0, help="0 disables clipping")
-    g.add_argument("--augment", default="shift", choices=AUGMENTATIONS)
-    g.add_argument(
-        "--epochwise-sgdr", action="store_true", help="the authors' per-epoch SGDR stepping"
-    )
-    g.add_argument("--width-mult", type=positive_float, default=1.0, help="plain family only")
-    g = p.add_argument_group("speed")
-    add_speed_switches(g)
-    g.add_argument("--deterministic", action="store_true", help="bitwise repeatable on the CPU")
-    g.add_argument(
-        "--eval-batch-size",
-        type=positive_int,
-        help="test images per batch (default: 1000 on CUDA, 100 on the CPU)",
-    )
-    g = p.add_argument_group("several processes (torchrun)")
-    g.add_argument(
-        "--scale-batch",
-        action="store_true",
-        help="global batch = batch size x processes, learning rate scaled alike",
-    )
-    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
-    g = p.add_argument_group("outputs")
-    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars")
-    g.add_argument(
-        "--no-snapshots",
-        dest="snapshots",
-        action="store_false",
-        help="do not keep the weights at the end of each CLR/SGDR cycle",
-    )
-
-
-def config_from_args(args: argparse.Namespace, **fixed):
-    """A `TrainConfig` from parsed options (``fixed`` overrides, e.g. a grid's model)."""
-    from plainnet.train import TrainConfig
-
-    fields = TrainConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    values.update(fixed)
-    return TrainConfig(**values)
-
-
-def cmd_train(args: argparse.Namespace) -> None:
-    from plainnet.train import train
-
-    train(config_from_args(args), args.out, resume=args.resume)
-
-
-def cmd_lr_find(args: argparse.Namespace) -> None:
-    from plainnet.lr_find import lr_find
-
-    lr_find(
-        config_from_args(args),
-        args.out,
-        start_lr=args.start_lr,
-        end_lr=args.end_lr,
-        iters=args.iters,
-        beta=args.beta,
-        diverge=args.diverge,
-    )
-
-
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from plainnet.evaluate import evaluate_path
-
-    keys = ("model", "width_mult", "dataset", "data_dir", "test_limit", "device")
-    overrides = {k: getattr(args, k) for k in (*keys, "eval_batch_size")}
-    evaluate_path(
-        args.path, ensemble=args.ensemble, last=args.last, overrides=overrides, output=args.output
-    )
-
-
-def add_grid_options(p: argparse.ArgumentParser) -> None:
-    """How a grid's runs are run: devices, shards, launchers (`reproduce` and `sweep`)."""
-    from plainnet.experiments import LAUNCHERS
-
-    g = p.add_argument_group("running the grid")
-    g.add_argument("--out", required=True, help="grid directory: one run directory per run")
-    g.add_argument(
-        "--jobs-per-device", type=positive_int, default=1, help="runs packed on each GPU"
-    )
-    g.add_argument("--shard", metavar="I/N", help="run only part I of N (1-based) of the grid")
-    g.add_argument(
-        "--retry-failed", action="store_true", help="also rerun diverged runs (resumed otherwise)"
-    )
-    g.add_argument(
-        "--launcher",
-        default="process",
-        choices=LAUNCHERS,
-        help="process (default): child processes here; local/slurm: submitit job array",
-    )
-    g.add_argument("--slurm-partition")
-    g.add_argument("--slurm-time", type=positive_int, default=24 * 60, help="minutes per task")
-    g.add_argument("--slurm-gpus-per-task", type=positive_int, default=1)
-    g.add_argument("--slurm-cpus-per-task", type=positive_int, default=8)
-    g.add_argument("--slurm-mem-gb", type=positive_int, default=32)
-    g.add_argument("--slurm-array-parallelism", type=positive_int, default=64)
-    g.add_argument("--slurm-account")
-    g.add_argument("--slurm-qos")
-
-
-def runner_from_args(args: argparse.Namespace):
-    from plainnet.experiments import RunnerOptions, SlurmOptions
-
-    slurm = SlurmOptions(
-        partition=args.slurm_partition,
-        time_min=args.slurm_time,
-        gpus_per_task=args.slurm_gpus_per_task,
-        cpus_per_task=args.slurm_cpus_per_task,
-        mem_gb=args.slurm_mem_gb,
-        array_parallelism=args.slurm_array_parallelism,
-        account=args.slurm_account,
-        qos=args.slurm_qos,
-    )
+    slurm = SlurmOptions(**{k[6:]: v for k, v in vars(args).items() if k.startswith("slurm_")})
     return RunnerOptions(
-        jobs_per_device=args.jobs_per_device,
-        launcher=args.launcher,
-        shard=args.shard,
-        retry_failed=args.retry_failed,
-        slurm=slurm,
-    )
+        jobs_per_device=args.jobs_per_device, runs_per_process=args.runs_per_process,
+        launcher=args.launcher, shard=args.shard, retry_failed=args.retry_failed, slurm=slurm,
+    )  # fmt: skip
 
 
-def _grid_base(args: argparse.Namespace) -> dict:
-    """The grid's shared `TrainConfig` (model/schedule/seed are set per run), and a record of
-    the command in OUT/commands.txt for the report's provenance."""
-    import dataclasses
-    import shlex
-    from pathlib import Path
+def grid_base(args: argparse.Namespace) -> dict:
+    """The grid's shared configuration (a grid sets model, schedule and seed per run)."""
+    return dataclasses.asdict(make_config(args, model="plain11", schedule="sgdr", seed=0))
 
-    base = dataclasses.asdict(config_from_args(args, model="plain11", schedule="sgdr", seed=0))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "commands.txt", "a") as f:
-        f.write(shlex.join(["plainnet", *sys.argv[1:]]) + "\n")
-    return base
+
+def command_line(args: argparse.Namespace) -> str:
+    return shlex.join(["plainnet", *args.argv])
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from plainnet.experiments import PAPER_SEEDS, QUICK, reproduce
+    from plainnet.reproduce import PAPER_SEEDS, QUICK, reproduce
 
-    if args.quick:  # fill in what the user did not set
+    if args.quick:  # fill in what the user did not give
         for key in ("scale", "train_limit", "test_limit", "batch_size"):
-            default = {"scale": 1.0, "batch_size": 100}.get(key)
-            if getattr(args, key) == default:
-                setattr(args, key, QUICK[key])
+            setattr(args, key, getattr(args, key, QUICK[key]))
         args.seeds = args.seeds or list(QUICK["seeds"])
-    seeds = args.seeds or list(PAPER_SEEDS)
     reproduce(
-        args.out,
-        _grid_base(args),
-        models=args.models,
-        schedules=args.schedules,
-        seeds=seeds,
-        runner=runner_from_args(args),
-    )
+        args.out, grid_base(args), models=args.models, schedules=args.schedules,
+        seeds=args.seeds or list(PAPER_SEEDS), variant=args.variant, runner=runner_options(args),
+        command=command_line(args),
+    )  # fmt: skip
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -256,129 +220,28 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from plainnet.experiments import sweep
+    from plainnet.sweep import sweep
 
     sweep(
-        args.out,
-        _grid_base(args),
-        depths=args.depths,
-        widths=args.widths,
-        resnet_depths=args.resnet_depths,
-        schedule=args.schedule,
-        seeds=args.seeds,
-        runner=runner_from_args(args),
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="plainnet",
-        description="Plain-11 vs ResNet-110 on CIFAR with cyclical learning rates "
-        "(Barz & Denzler).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("schedules", help="print the paper's three schedules, draw Fig. 2")
-    p.add_argument("-o", "--output", metavar="FILE.png", help="draw Fig. 2 to this file")
-    p.add_argument("--iters-per-epoch", type=positive_int, default=500)
-    p.add_argument("--scale", type=positive_float, default=1.0, help="multiply every length")
-    p.set_defaults(func=cmd_schedules)
-
-    p = sub.add_parser("train", help="train one model with one schedule (a run directory)")
-    p.add_argument("--out", required=True, help="run directory (created; rerun to continue)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_run_options(p)
-    p.set_defaults(func=cmd_train)
-
-    from plainnet.data import AUGMENTATIONS
-
-    p = sub.add_parser(
-        "lr-find", help="Smith's learning-rate range test: suggest --lr-min/--lr-max for train"
-    )
-    p.add_argument("--out", required=True, help="folder for lr_find.json and lr_find.png")
-    p.add_argument("--model", default="plain11", help="as for train")
-    p.add_argument("--width-mult", type=positive_float, default=1.0, help="plain family only")
-    p.add_argument("--seed", type=int, default=0)
-    add_data_options(p)
-    g = p.add_argument_group("range test")
-    g.add_argument("--start-lr", type=positive_float, default=1e-6, help="first rate")
-    g.add_argument("--end-lr", type=positive_float, default=10.0, help="last rate")
-    g.add_argument("--iters", type=positive_int, default=200, help="iterations of the ramp")
-    g.add_argument("--beta", type=float, default=0.9, help="loss smoothing (EMA factor)")
-    g.add_argument("--diverge", type=positive_float, default=4.0, help="stop at this x best")
-    g = p.add_argument_group("recipe and speed (as for train)")
-    g.add_argument("--batch-size", type=positive_int, default=100)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, help="default: the authors' value per model")
-    g.add_argument("--clip-norm", type=float, default=10.0, help="0 disables clipping")
-    g.add_argument("--augment", default="shift", choices=AUGMENTATIONS)
-    add_speed_switches(g)
-    p.set_defaults(func=cmd_lr_find)
-
-    p = sub.add_parser(
-        "evaluate", help="test error per class, CIFAR-100 superclass confusion, snapshot ensemble"
-    )
-    p.add_argument("path", help="a run directory, or a checkpoint file (.pt)")
-    p.add_argument(
-        "--ensemble", action="store_true", help="also the mean of the run's cycle-end snapshots"
-    )
-    p.add_argument("--last", type=positive_int, help="ensemble only the last N snapshots")
-    p.add_argument("--output", help="evaluation JSON (default: RUN_DIR/evaluation.json)")
-    p.add_argument("--model", help="the model (default: the run's; needed for a bare checkpoint)")
-    p.add_argument("--width-mult", type=positive_float, help="default: the run's")
-    p.add_argument(
-        "--dataset", choices=["cifar100", "cifar10", "folder"], help="default: the run's"
-    )
-    p.add_argument("--data-dir", help="default: the run's")
-    p.add_argument("--test-limit", type=positive_int, help="default: the run's")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the run's")
-    p.add_argument("--eval-batch-size", type=positive_int, help="default: the run's")
-    p.set_defaults(func=cmd_evaluate)
-    from plainnet.schedules import SCHEDULES as _SCHEDULES
-
-    p = sub.add_parser(
-        "reproduce", help="Table I: train the grid's missing runs, then write its report"
-    )
-    p.add_argument("--models", nargs="+", default=["plain11", "resnet110"], help="any --model")
-    p.add_argument("--schedules", nargs="+", default=list(_SCHEDULES), choices=_SCHEDULES)
-    p.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2 (0 with --quick)")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="one seed, 1/25 of the schedules, 1000 train / 500 test images, batch 25",
-    )
-    add_grid_options(p)
-    add_run_options(p, grid=True)
-    p.set_defaults(func=cmd_reproduce)
-
-    p = sub.add_parser("report", help="Table I, the paper's claims and figures from a grid")
-    p.add_argument("dir", help="the --out of reproduce")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("sweep", help="test error and time against depth and width")
-    p.add_argument(
-        "--depths", nargs="+", type=int, default=[6, 8, 11, 14, 20], help="plain depths (>= 6)"
-    )
-    p.add_argument(
-        "--widths", nargs="+", type=positive_float, default=[0.5, 1.0], help="width multipliers"
-    )
-    p.add_argument("--resnet-depths", nargs="+", type=int, default=[20, 56, 110], help="6n+2")
-    p.add_argument("--schedule", default="sgdr", choices=_SCHEDULES)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    add_grid_options(p)
-    add_run_options(p, grid=True)
-    p.set_defaults(func=cmd_sweep)
-    return parser
+        args.out, grid_base(args), depths=args.depths, widths=args.widths,
+        resnet_depths=args.resnet_depths, schedule=args.schedule, seeds=args.seeds,
+        runner=runner_options(args), command=command_line(args),
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from plainnet import distributed
+    from plainnet.runtime import sigterm_as_interrupt
+
     # One log line per epoch should reach a file or a pipe when it is printed, not at exit.
     if hasattr(sys.stdout, "reconfigure"):  # absent when a caller swapped in another stream
         sys.stdout.reconfigure(line_buffering=True)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
-        args.func(args)
+        with sigterm_as_interrupt():
+            args.func(args)
     except UserError as err:
         print(f"plainnet: error: {err}", file=sys.stderr)
         return 2
@@ -390,10 +253,126 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("plainnet: interrupted (rerun the same command to continue)", file=sys.stderr)
         return 130
     finally:
-        from plainnet import distributed
-
         distributed.shutdown()
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="plainnet",
+        description="Plain-11 vs ResNet-110 on CIFAR with cyclical learning rates "
+        "(Barz & Denzler).",
+    )
+    parser.add_argument("--version", action="version", version=f"plainnet {plainnet.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, func) -> Parser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    add_run_commands(command)
+    add_grid_commands(command)
+    return parser
+
+
+def add_run_commands(command) -> None:
+    """train, lr-find, evaluate, export: one run."""
+    p = command("train", "train one model with one schedule (a run directory)", cmd_train)
+    p.add_argument("--out", help="run directory (created; rerun the command to continue)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="DIR",
+                   help="continue the run in DIR (or in --out) from its config.json")  # fmt: skip
+    p.add_argument("--config", metavar="FILE", help="options from a run's config.json or a "
+                   "JSON/YAML file of options; options given here override it")  # fmt: skip
+    add_config_options(p)
+
+    p = command("lr-find", "Smith's learning-rate range test: bounds for --lr-min/--lr-max",
+                cmd_lr_find)  # fmt: skip
+    p.add_argument("--out", required=True, help="folder for lr_find.json and lr_find.png")
+    g = p.add_argument_group("range test")
+    g.add_argument("--start-lr", type=positive(float), default=1e-6, help="first rate")
+    g.add_argument("--end-lr", type=positive(float), default=10.0, help="last rate")
+    g.add_argument("--iters", type=positive(int), default=200, help="iterations of the ramp")
+    g.add_argument("--beta", type=number(float), default=0.9, help="loss smoothing (EMA factor)")
+    g.add_argument("--diverge", type=positive(float), default=4.0, help="stop at this x best")
+    add_config_options(p, skip=LR_FIND_SKIPS)
+
+    p = command("evaluate", "test error per class, CIFAR-100 superclasses, snapshot ensemble",
+                cmd_evaluate)  # fmt: skip
+    p.add_argument("path", help="a run directory, a checkpoint (.pt) or an export (.safetensors)")
+    p.add_argument("--ensemble", action="store_true", help="also the mean of the run's snapshots")
+    p.add_argument("--last", type=positive(int), help="ensemble only the last N snapshots")
+    p.add_argument("--output", help="evaluation JSON (default: RUN_DIR/evaluation.json)")
+    add_config_options(p, only={"model", "width_mult", "dataset", "data_dir", "test_limit",
+                                "device", "eval_batch_size", "eval_precision"})  # fmt: skip
+
+    p = command("export", "the run's weights as one safetensors file for other programs",
+                cmd_export)  # fmt: skip
+    p.add_argument("run", help="the run directory")
+    p.add_argument("--out", help="the file (default: RUN/model.safetensors)")
+    p.add_argument("--snapshot", type=positive(int), metavar="ITERATION",
+                   help="a cycle-end snapshot's weights (its iteration) instead of the final ones")  # fmt: skip
+
+
+def add_grid_commands(command) -> None:
+    """reproduce, report, sweep, and schedules."""
+    from plainnet.reproduce import VARIANTS, quick_help
+    from plainnet.schedules import SCHEDULES
+
+    p = command("reproduce", "Table I: train the grid's missing runs, then write its report",
+                cmd_reproduce)  # fmt: skip
+    p.add_argument("--models", nargs="+", default=["plain11", "resnet110"], help="any --model")
+    p.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=SCHEDULES)
+    p.add_argument("--seeds", nargs="+", type=number(int), help="default 0 1 2 (0 with --quick)")
+    p.add_argument("--variant", default="paper", choices=list(VARIANTS),
+                   help="paper: the paper's global decay (CLR only); delta4: also step and "
+                   "SGDR with delta = 4, as the authors' code of the time did")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help=quick_help())
+    add_grid_options(p)
+    add_config_options(p, grid=True)
+    p.set_defaults(epochwise_sgdr=True)  # the authors' SGDR produced Table I
+
+    p = command("report", "Table I, the paper's claims and figures from a grid", cmd_report)
+    p.add_argument("dir", help="the --out of reproduce")
+
+    p = command("sweep", "test error and time against depth and width", cmd_sweep)
+    p.add_argument("--depths", nargs="+", type=number(int), default=[6, 8, 11, 14, 20],
+                   help="plain depths (>= 6)")  # fmt: skip
+    p.add_argument("--widths", nargs="+", type=positive(float), default=[0.5, 1.0],
+                   help="width multipliers")  # fmt: skip
+    p.add_argument("--resnet-depths", nargs="+", type=number(int), default=[20, 56, 110],
+                   help="6n+2")  # fmt: skip
+    p.add_argument("--schedule", default="sgdr", choices=SCHEDULES)
+    p.add_argument("--seeds", nargs="+", type=number(int), default=[0])
+    add_grid_options(p)
+    add_config_options(p, grid=True)
+
+    p = command("schedules", "print the paper's three schedules, draw Fig. 2", cmd_schedules)
+    p.add_argument("-o", "--output", metavar="FILE.png", help="draw Fig. 2 to this file")
+    p.add_argument("--iters-per-epoch", type=positive(int), default=500)
+    p.add_argument("--scale", type=positive(float), default=1.0, help="multiply every length")
+
+
+def add_grid_options(p: argparse.ArgumentParser) -> None:
+    """How a grid's runs are run: devices, shards, launchers (`reproduce` and `sweep`)."""
+    from plainnet.launch import LAUNCHERS, SlurmOptions
+
+    g = p.add_argument_group("running the grid")
+    g.add_argument("--out", required=True, help="grid directory: one run directory per run")
+    g.add_argument("--jobs-per-device", type=positive(int), default=1,
+                   help="processes packed on each GPU")  # fmt: skip
+    g.add_argument("--runs-per-process", type=positive(int), default=1,
+                   help="seeds of one configuration trained together in one process")  # fmt: skip
+    g.add_argument("--shard", metavar="I/N", help="run only part I of N (1-based) of the grid")
+    g.add_argument("--retry-failed", action="store_true",
+                   help="also rerun diverged runs (the others resume anyway)")  # fmt: skip
+    g.add_argument("--launcher", default="process", choices=LAUNCHERS,
+                   help="process: child processes here; local/slurm: a submitit job array")  # fmt: skip
+    defaults = SlurmOptions()
+    for f in dataclasses.fields(SlurmOptions):
+        kind = number(int) if f.type == "int" else None
+        g.add_argument(f"--slurm-{f.name.replace('_', '-')}", type=kind,
+                       default=getattr(defaults, f.name))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -49,15 +49,6 @@ def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(value, world: World):
-    """Rank 0's ``value`` on every rank (e.g. a decision only rank 0 can take)."""
-    if not world.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

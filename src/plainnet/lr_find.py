@@ -4,7 +4,7 @@ The CLR paper (Smith 2017, section 3.3) trains for a short while with the rate r
 to a huge value and reads the bounds off the curve: the lower one where the loss (there: the
 accuracy) starts to improve, the upper one where it "slows, becomes ragged, or starts to fall".
 We ramp the rate exponentially (as fast.ai's ``lr_find`` does: every decade gets the same number
-of iterations), run exactly `plainnet train`'s SGD step (`make_train_step`: same augmentation,
+of iterations), run exactly `plainnet train`'s SGD step (`TrainStep`: same augmentation,
 momentum, weight decay groups and gradient clipping), and stop once the loss has clearly blown up.
 
 The suggestion approximates Smith's reading by eye on the smoothed loss curve (see `suggest`):
@@ -19,26 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from plainnet.data import ImageData, load_dataset
+from plainnet.config import TrainConfig, resolve_device, resolve_switches
+from plainnet.data import DeviceLoader, ImageData, load_dataset
 from plainnet.errors import UserError
+from plainnet.plots import plot_lr_find
+from plainnet.provenance import environment
+from plainnet.recipe import TrainStep, build_model_and_optimizer, seed_everything
 from plainnet.run_dir import write_json
-from plainnet.schedules import ScheduledLR
-from plainnet.train import (
-    TrainConfig,
-    build_model_and_optimizer,
-    environment,
-    epoch_plan,
-    recipe_train_step,
-    resolve_device,
-    resolve_switches,
-)
+from plainnet.schedules import lr_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +45,6 @@ class ExponentialRamp:
 
     def __call__(self, t: float) -> float:
         return self.start * (self.end / self.start) ** (t / max(self.iters - 1, 1))
-
-
-def ema(values: list[float], beta: float) -> list[float]:
-    """Exponential moving average with bias correction (Adam's): unbiased from the first value."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, start=1):
-        avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta**i))
-    return out
 
 
 def ema_lag(beta: float) -> int:
@@ -129,102 +114,39 @@ def lr_find(
     ``lr_find.png`` to ``out`` and return the record (rates, losses, the suggestion).
 
     Stops early once the smoothed loss exceeds ``diverge`` times its best value or a loss is not
-    finite. ``beta`` is the factor of the loss's exponential moving average (`ema`); the
+    finite. ``beta`` is the factor of the loss's exponential moving average; the
     curve the suggestion reads (``curve`` against ``curve_rates``) undoes its lag (`ema_lag`).
     """
-    cfg.validate()
-    if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
-        raise UserError(f"--start-lr {start_lr} must be positive and below --end-lr {end_lr}")
-    if iters < 10:
-        raise UserError(f"--iters must be at least 10, got {iters}")
-    if not 0 <= beta < 1:
-        raise UserError(f"--beta must be in [0, 1), got {beta}")
-    if not diverge > 1:
-        raise UserError(f"--diverge must be above 1, got {diverge}")
-    out = Path(out)
+    check_options(cfg, start_lr, end_lr, iters, beta, diverge)
     device = resolve_device(cfg.device)
-    switches = resolve_switches(cfg, device)
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir)
     data = data.subset(cfg.train_limit, None)
-    n = len(data.train_labels)
-    if n < cfg.batch_size:
-        raise UserError(f"{n} training images are fewer than one batch of {cfg.batch_size}")
-    train_x, train_y = data.train_images.to(device), data.train_labels.to(device)
-
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    model, optimizer = build_model_and_optimizer(
-        cfg, data.num_classes, device, channels_last=switches["channels_last"]
-    )
     ramp = ExponentialRamp(start_lr, end_lr, iters)
-    step = recipe_train_step(
-        model, optimizer, ScheduledLR(optimizer, ramp), cfg, switches, data, device
-    )
-
-    model.train()
-    batches = n // cfg.batch_size
-    rates: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []  # the bias-corrected EMA of `losses`, as it stood at each step
-    avg, stop_reason = 0.0, "end of range"
+    step = ramp_step(cfg, data, device, ramp)
     t0 = time.perf_counter()
-    for t in range(iters):
-        epoch, b = divmod(t, batches)
-        if b == 0:  # a fresh data order per pass, exactly as train draws it
-            order, shifts, flips = epoch_plan(
-                cfg.seed, epoch, 0, n, cfg.augment, tuple(train_x.shape[-2:])
-            )
-            order, shifts, flips = order.to(device), shifts.to(device), flips.to(device)
-        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        loss, _, lr = step(train_x[idx], train_y[idx], shifts[idx], flips[idx])
-        loss = loss.item()
-        if not math.isfinite(loss):
-            stop_reason = f"loss not finite at lr {lr:.3g}"
-            break
-        rates.append(lr)
-        losses.append(loss)
-        avg = beta * avg + (1 - beta) * loss
-        smoothed.append(avg / (1 - beta ** len(losses)))
-        if smoothed[-1] > diverge * min(smoothed):
-            stop_reason = f"smoothed loss above {diverge:g}x its best at lr {lr:.3g}"
-            break
+    rates, losses, smoothed, stop_reason = run_ramp(step, ramp, beta, diverge)
     seconds = time.perf_counter() - t0
-
     # The EMA trails the loss by `lag` iterations: pair each smoothed value with the rate of
     # the iteration it describes, so features of the curve sit at the rate that caused them.
     lag = min(ema_lag(beta), max(len(rates) - 5, 0))
     curve_rates, curve = rates[: len(rates) - lag], smoothed[lag:]
     suggestion = suggest(curve_rates, curve)
     record = {
-        "config": dataclasses.asdict(cfg),
-        "start_lr": start_lr,
-        "end_lr": end_lr,
-        "iters": iters,
-        "iters_done": len(rates),
-        "beta": beta,
-        "diverge": diverge,
-        "stop_reason": stop_reason,
-        "seconds": seconds,
-        "weight_decay": optimizer.param_groups[0]["weight_decay"],
-        "train_images": n,
-        "dataset": data.name,
-        "suggested": suggestion,
-        "rates": rates,
-        "losses": losses,
-        "smoothed": smoothed,
-        "lag": lag,
-        "curve_rates": curve_rates,
-        "curve": curve,
-        "environment": environment(device),
-    }
+        "config": dataclasses.asdict(cfg), "start_lr": start_lr, "end_lr": end_lr,
+        "iters": iters, "iters_done": len(rates), "beta": beta, "diverge": diverge,
+        "stop_reason": stop_reason, "seconds": seconds,
+        "weight_decay": step.optimizer.param_groups[0]["weight_decay"],
+        "train_images": len(data.train_labels), "dataset": data.name, "suggested": suggestion,
+        "rates": rates, "losses": losses, "smoothed": smoothed, "lag": lag,
+        "curve_rates": curve_rates, "curve": curve, "environment": environment(device),
+    }  # fmt: skip
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "lr_find.json", record)
     plot_lr_find(out / "lr_find.png", record)
-    log(
-        f"{len(rates)} iterations, lr {rates[0]:.2g} .. {rates[-1]:.2g} ({stop_reason}), "
-        f"{seconds:.1f} s"
-    )
+    log(f"{len(rates)} iterations, lr {rates[0]:.2g} .. {rates[-1]:.2g} ({stop_reason}), "
+        f"{seconds:.1f} s")  # fmt: skip
     log(
         f"smoothed loss {curve[0]:.3f} -> minimum {suggestion['min_loss']:.3f} at lr "
         f"{suggestion['lr_max']:.3g}; falls from lr {curve_rates[suggestion['onset_index']]:.3g}, "
@@ -237,37 +159,65 @@ def lr_find(
     return record
 
 
+def check_options(cfg, start_lr, end_lr, iters, beta, diverge) -> None:
+    cfg.validate()
+    if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
+        raise UserError(f"--start-lr {start_lr} must be positive and below --end-lr {end_lr}")
+    if iters < 10:
+        raise UserError(f"--iters must be at least 10, got {iters}")
+    if not (0 <= beta < 1):
+        raise UserError(f"--beta must be in [0, 1), got {beta}")
+    if not (diverge > 1 and math.isfinite(diverge)):
+        raise UserError(f"--diverge must be above 1, got {diverge}")
+
+
+def ramp_step(cfg: TrainConfig, data: ImageData, device, ramp: ExponentialRamp) -> TrainStep:
+    """`plainnet train`'s step for ``cfg``, its rate following ``ramp``."""
+    if len(data.train_labels) < cfg.batch_size:
+        raise UserError(
+            f"{len(data.train_labels)} training images are fewer than one batch of {cfg.batch_size}"
+        )
+    switches = resolve_switches(cfg, device)
+    seed_everything(cfg.seed)
+    model, optimizer = build_model_and_optimizer(cfg, data.num_classes, device, switches)
+    loader = DeviceLoader(
+        data.train_images, data.train_labels, batch_size=cfg.batch_size, augment=cfg.augment,
+        seed=cfg.seed, device=device,
+    )  # fmt: skip
+    mean, std = (torch.tensor(v, device=device) for v in (data.mean, data.std))
+    return TrainStep(
+        model, optimizer, loader, lr_table(ramp, ramp.iters, device), mean=mean, std=std,
+        switches=switches, clip_norm=cfg.clip_norm,
+    )  # fmt: skip
+
+
+def run_ramp(step: TrainStep, ramp: ExponentialRamp, beta: float, diverge: float):
+    """Step through the ramp, epoch after epoch of the data, reading each step's loss:
+    (rates, losses, smoothed losses, why it stopped). ``smoothed`` is the bias-corrected EMA
+    of the losses as it stood at each step."""
+    rates: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    avg, t = 0.0, 0
+    batches = len(step.loader) // step.loader.batch_size
+    step.net.train()
+    for epoch in range(math.ceil(ramp.iters / batches)):  # passes over the data
+        step.start_epoch(epoch, 0, t)
+        for _ in step.steps(0, min(batches, ramp.iters - t)):
+            loss, lr = float(step.last_loss), ramp(t)
+            t += 1
+            if not math.isfinite(loss):
+                return rates, losses, smoothed, f"loss not finite at lr {lr:.3g}"
+            rates.append(lr)
+            losses.append(loss)
+            avg = beta * avg + (1 - beta) * loss
+            smoothed.append(avg / (1 - beta ** len(losses)))
+            if smoothed[-1] > diverge * min(smoothed):
+                reason = f"smoothed loss above {diverge:g}x its best at lr {lr:.3g}"
+                return rates, losses, smoothed, reason
+    return rates, losses, smoothed, "end of range"
+
+
 def suggested_line(suggestion: dict) -> str:
     """The line to copy into `plainnet train`."""
     return f"suggested --lr-min {suggestion['lr_min']:.2g} --lr-max {suggestion['lr_max']:.2g}"
-
-
-def plot_lr_find(path: str | Path, record: dict) -> Path:
-    """Loss against learning rate (log scale): raw losses faint, smoothed bold, the bounds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = record["suggested"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(record["rates"], record["losses"], color="C0", alpha=0.3, lw=1, label="loss per batch")
-    ax.plot(record["curve_rates"], record["curve"], color="C0", lw=2, label="smoothed loss")
-    ax.axvline(s["lr_max"], color="C3", ls="--", label=f"suggested lr_max {s['lr_max']:.2g}")
-    ax.axvline(s["lr_min"], color="C2", ls="--", label=f"suggested lr_min {s['lr_min']:.2g}")
-    ax.plot([s["lr_max"]], [s["min_loss"]], "ko", label="minimum of the smoothed loss")
-    ax.set_xscale("log")
-    # Keep the blow-up at the end from squashing the interesting part of the curve.
-    top = max(record["curve"][: s["min_loss_index"] + 1]) * 1.15
-    ax.set_ylim(min(record["losses"]) * 0.9, max(top, s["min_loss"] * 1.5))
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    cfg = record["config"]
-    ax.set_title(f"LR range test: {cfg['model']} on {record['dataset']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -366,8 +366,9 @@ class RunDir:
         save_torch(folder / f"iter{iteration:08d}.pt", model_state)
 
     def snapshot_paths(self) -> list[Path]:
-        """The snapshots in training order."""
-        return sorted((self.path / "snapshots").glob("iter*.pt"))
+        """The snapshots in training order (other files in ``snapshots/`` are not snapshots)."""
+        found = (self.path / "snapshots").glob("iter*.pt")
+        return sorted(p for p in found if p.stem[4:].isdigit() and p.stem[4:].isascii())
 
     def load_checkpoint(self) -> dict | None:
         """The last checkpoint, or None if there is none yet (loaded by `load_weights`)."""

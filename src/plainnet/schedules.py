@@ -11,12 +11,32 @@ with it, one call per iteration, and saves its position so a resumed run continu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 SCHEDULES = ("step", "clr", "sgdr")
+
+# The paper's settings (section V-A; docs/recipe.md), in epochs: the only place they are written.
+STEP = {
+    "epochs": 164.0,
+    "lr": 0.1,
+    "warmup_lr": 0.01,
+    "warmup_epochs": 1.0,
+    "milestones": (80.0, 120.0),
+}
+CLR = {"epochs": 160.0, "lr_min": 1e-5, "lr_max": 0.1, "step_epochs": 10.0, "delta": 10.0}
+SGDR = {"epochs": 180.0, "lr_min": 1e-6, "lr_max": 0.1, "period": 12.0, "mult": 2.0}
+PAPER = {"step": STEP, "clr": CLR, "sgdr": SGDR}
+
+
+def paper_epochs(name: str) -> float:
+    """The paper's length of schedule ``name`` in epochs (step 164, CLR 160, SGDR 180)."""
+    if name not in PAPER:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    return PAPER[name]["epochs"]
 
 
 def step_lr(
@@ -55,11 +75,17 @@ def clr_lr(
     """
     triangle = 1.0 - abs(t / step_size - 2.0 * math.floor(t / (2.0 * step_size)) - 1.0)
     lr = lr_min + (lr_max - lr_min) * triangle
-    if delta != 1.0:
-        if t_max is None:
-            raise ValueError("clr_lr: delta != 1 needs t_max")
-        lr /= 1.0 + (delta - 1.0) * t / t_max
-    return lr
+    return lr / global_decay(t, delta, t_max)
+
+
+def global_decay(t: float, delta: float, t_max: float | None) -> float:
+    """The divisor of eq. (2) at iteration ``t`` of ``t_max``: ``1 + (delta - 1) t / t_max``,
+    so a rate ends ``delta`` times lower than it would without it (1: no decay)."""
+    if delta == 1.0:
+        return 1.0
+    if t_max is None:
+        raise ValueError("a global decay delta != 1 needs t_max")
+    return 1.0 + (delta - 1.0) * t / t_max
 
 
 def _sgdr_cycle(epoch: float, period: float, mult: float) -> tuple[float, float]:
@@ -105,8 +131,8 @@ class Schedule:
 
     ``t`` runs over ``0 .. total_iters - 1``; ``epochs`` is the run's length in epochs (it may be
     fractional for shortened runs) and ``iters_per_epoch`` converts between the two.
-    ``lr_min``/``lr_max`` are the configured bounds (CLR's global decay takes the rate below
-    them). ``boundaries`` lists the epochs where the rate jumps or a cycle ends.
+    ``lr_min``/``lr_max`` are the configured bounds (a global decay ``delta`` > 1 takes the rate
+    below them). ``boundaries`` lists the epochs where the rate jumps or a cycle ends.
     """
 
     name: str
@@ -115,18 +141,15 @@ class Schedule:
     lr_min: float
     lr_max: float
     boundaries: tuple[float, ...]
-    _fn: object = field(repr=False, compare=False)
+    _fn: Callable[[float], float] = field(repr=False, compare=False)
+    delta: float = 1.0
 
     @property
     def total_iters(self) -> int:
         return max(1, round(self.epochs * self.iters_per_epoch))
 
     def __call__(self, t: float) -> float:
-        return self._fn(t)  # type: ignore[operator]
-
-    def epoch_lr(self, epoch: float) -> float:
-        """The rate at a fractional epoch (for plots)."""
-        return self(epoch * self.iters_per_epoch)
+        return self._fn(t) / global_decay(t, self.delta, self.epochs * self.iters_per_epoch)
 
 
 def paper_schedule(
@@ -137,15 +160,17 @@ def paper_schedule(
     epochwise_sgdr: bool = False,
     lr_min: float | None = None,
     lr_max: float | None = None,
+    delta: float | None = None,
 ) -> Schedule:
     """One of the paper's schedules, ``name`` in ``step``, ``clr``, ``sgdr``, as ``f(t) -> lr``.
 
-    Settings (paper section V-A, recipe.md): step 164 epochs (0.01 for one epoch, 0.1, /10 at 80
-    and 120); CLR 160 epochs, step size 10 epochs, 1e-5..0.1, delta 10; SGDR 180 epochs, S_0 = 12
-    epochs, sigma 2, 1e-6..0.1. ``scale`` multiplies every length (epochs, warm-up, milestones,
-    step size, first period) so a shortened run keeps the shape and still ends where the paper's
-    ends. ``lr_min``/``lr_max`` override the bounds (for CLR and SGDR; for step, ``lr_max`` is the
-    main rate and ``lr_min`` the warm-up rate), e.g. with what ``plainnet lr-find`` suggests.
+    Settings (`PAPER`): step 164 epochs (0.01 for one epoch, 0.1, /10 at 80 and 120); CLR 160
+    epochs, step size 10 epochs, 1e-5..0.1, delta 10; SGDR 180 epochs, S_0 = 12 epochs, sigma 2,
+    1e-6..0.1. ``scale`` multiplies every length (epochs, warm-up, milestones, step size, first
+    period) so a shortened run keeps the shape and still ends where the paper's ends.
+    ``lr_min``/``lr_max`` override the bounds (for step, ``lr_max`` is the main rate and
+    ``lr_min`` the warm-up rate), e.g. with what ``plainnet lr-find`` suggests. ``delta`` is
+    eq. (2)'s global decay for any schedule (None: the paper's, 10 for CLR and 1 otherwise).
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
@@ -153,70 +178,103 @@ def paper_schedule(
         raise ValueError(f"iters_per_epoch must be >= 1, got {iters_per_epoch}")
     if not scale > 0 or not math.isfinite(scale):
         raise ValueError(f"scale must be a positive number, got {scale}")
+    if delta is not None and not (delta >= 1 and math.isfinite(delta)):
+        raise ValueError(f"delta must be a number >= 1, got {delta}")
     ipe = iters_per_epoch
+    delta = (CLR["delta"] if name == "clr" else 1.0) if delta is None else delta
 
     if name == "step":
-        hi = 0.1 if lr_max is None else lr_max
-        lo = 0.01 if lr_min is None else lr_min
-        milestones = (80.0 * scale, 120.0 * scale)
+        hi = STEP["lr"] if lr_max is None else lr_max
+        lo = STEP["warmup_lr"] if lr_min is None else lr_min
+        milestones = tuple(m * scale for m in STEP["milestones"])
+        warmup = STEP["warmup_epochs"] * scale
 
         def fn(t: float) -> float:
-            return step_lr(t / ipe, lr=hi, warmup_lr=lo, warmup_epochs=scale, milestones=milestones)
+            return step_lr(
+                t / ipe, lr=hi, warmup_lr=lo, warmup_epochs=warmup, milestones=milestones
+            )
 
+        bounds = (min(lo, hi * 0.01), hi)
         return Schedule(
-            "step", ipe, 164.0 * scale, min(lo, hi * 0.01), hi, (scale, *milestones), fn
+            "step", ipe, STEP["epochs"] * scale, *bounds, (warmup, *milestones), fn, delta
         )
 
     if name == "clr":
-        lo = 1e-5 if lr_min is None else lr_min
-        hi = 0.1 if lr_max is None else lr_max
-        epochs = 160.0 * scale
-        step_size = 10.0 * scale * ipe
-        t_max = epochs * ipe
+        lo = CLR["lr_min"] if lr_min is None else lr_min
+        hi = CLR["lr_max"] if lr_max is None else lr_max
+        step_size = CLR["step_epochs"] * scale * ipe
 
         def fn(t: float) -> float:
-            return clr_lr(t, lr_min=lo, lr_max=hi, step_size=step_size, delta=10.0, t_max=t_max)
+            return clr_lr(t, lr_min=lo, lr_max=hi, step_size=step_size)
 
-        ends = tuple(20.0 * scale * k for k in range(1, 9))
-        return Schedule("clr", ipe, epochs, lo, hi, ends, fn)
+        cycles = round(CLR["epochs"] / (2 * CLR["step_epochs"]))
+        ends = tuple(2 * CLR["step_epochs"] * scale * k for k in range(1, cycles + 1))
+        return Schedule("clr", ipe, CLR["epochs"] * scale, lo, hi, ends, fn, delta)
 
-    lo = 1e-6 if lr_min is None else lr_min
-    hi = 0.1 if lr_max is None else lr_max
-    period = 12.0 * scale
+    lo = SGDR["lr_min"] if lr_min is None else lr_min
+    hi = SGDR["lr_max"] if lr_max is None else lr_max
+    period, mult = SGDR["period"] * scale, SGDR["mult"]
     sgdr = sgdr_epochwise_lr if epochwise_sgdr else sgdr_lr
 
     def fn(t: float) -> float:
-        return sgdr(t / ipe, lr_min=lo, lr_max=hi, period=period, mult=2.0)
+        return sgdr(t / ipe, lr_min=lo, lr_max=hi, period=period, mult=mult)
 
     ends = tuple(period * k for k in (1, 3, 7, 15))
-    return Schedule("sgdr", ipe, 180.0 * scale, lo, hi, ends, fn)
+    return Schedule("sgdr", ipe, SGDR["epochs"] * scale, lo, hi, ends, fn, delta)
 
 
-class ScheduledLR:
-    """Drives a `torch.optim` optimizer from a schedule ``f(t) -> lr``, one `step` per iteration.
+class ScheduledLR(LRScheduler):
+    """Drives any `torch.optim` optimizer from a schedule ``f(t) -> lr`` over iterations: a
+    `torch.optim.lr_scheduler.LRScheduler`, so it works in a plain loop and in the loops of
+    libraries that take one (Lightning with ``interval: "step"``, Hugging Face, ...).
 
-    The rate for iteration ``t`` is set before that iteration's update (call `step` right before
-    ``optimizer.step()``). `state_dict` holds the position ``t``, so a restored run continues
-    where it stopped. ``lr_scale`` multiplies the schedule, e.g. for the linear scaling rule when
-    the batch grows with the number of processes.
+    As with every PyTorch scheduler, the rate for iteration 0 is set on construction and
+    ``scheduler.step()`` is called once per iteration, after ``optimizer.step()``.
+    `state_dict` holds the position, so a restored run continues where it stopped.
+    ``lr_scale`` multiplies the schedule (e.g. the linear scaling rule when the batch grows
+    with the number of processes).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule, lr_scale: float = 1.0):
-        self.optimizer = optimizer
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        schedule: Callable[[float], float],
+        lr_scale: float = 1.0,
+        last_epoch: int = -1,
+    ):
         self.schedule = schedule
         self.lr_scale = lr_scale
-        self.t = 0
+        super().__init__(optimizer, last_epoch)
 
-    def step(self) -> float:
-        """Set the rate for the current iteration and advance; returns that rate."""
-        lr = self.schedule(self.t) * self.lr_scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.t += 1
-        return lr
+    def get_lr(self) -> list[float]:
+        """The rate of iteration ``last_epoch`` (PyTorch's name: it counts steps here)."""
+        rate = self.schedule(self.last_epoch) * self.lr_scale
+        return [rate for _ in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        return {"t": self.t}
+        """The position (and PyTorch's bookkeeping), not the schedule: a function, which
+        the caller passes again, as with `torch.optim.lr_scheduler.LambdaLR`."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedule")}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.t = int(state["t"])
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue at the saved position, and give the optimizer that position's rate (also
+        when its own state was not restored)."""
+        super().load_state_dict(state_dict)
+        for group, rate in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(rate)
+            else:
+                group["lr"] = rate
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def lr_table(
+    schedule: Callable[[float], float],
+    iters: int,
+    device: torch.device | str = "cpu",
+    lr_scale: float = 1.0,
+) -> torch.Tensor:
+    """The rate of every iteration ``0 .. iters - 1`` as one float32 tensor on ``device``: the
+    training step reads its rate from here by a device-side counter, never from the host."""
+    rates = [schedule(t) * lr_scale for t in range(iters)]
+    return torch.tensor(rates, dtype=torch.float32, device=device)

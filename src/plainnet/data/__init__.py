@@ -18,11 +18,13 @@ import torch
 from plainnet.data.augment import AUGMENTATIONS, augment_batch, draw_augmentation, normalize
 from plainnet.data.cifar import Splits, check_data_dir, load_cifar
 from plainnet.data.folder import load_folder
+from plainnet.data.loader import DeviceLoader, epoch_plan
 from plainnet.errors import UserError
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "DeviceLoader",
     "ImageData",
     "augment_batch",
     "balanced_indices",
@@ -30,6 +32,7 @@ __all__ = [
     "channel_stats",
     "default_data_dir",
     "draw_augmentation",
+    "epoch_plan",
     "load_dataset",
     "normalize",
 ]

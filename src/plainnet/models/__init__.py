@@ -1,6 +1,7 @@
 """The paper's networks: Plain-11 (and the plain family) and the CIFAR ResNets.
 
-`build_model` maps the CLI's model names to these factories.
+`build_model` maps the CLI's model names to these factories; `load` rebuilds a trained model
+from a file written by ``plainnet export``.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from torch import nn
 
 from plainnet.models.plain import PLAIN11_WIDTHS, ConvUnit, Plain, plain, plain11
 from plainnet.models.resnet import BasicBlock, CifarResNet, cifar_resnet, resnet110
+from plainnet.models.weights import load, save_weights
 
 __all__ = [
-    "MODELS",
+    "MODEL_NAMES_HELP",
     "PLAIN11_WIDTHS",
     "BasicBlock",
     "CifarResNet",
@@ -20,13 +22,18 @@ __all__ = [
     "build_model",
     "cifar_resnet",
     "count_parameters",
+    "load",
     "plain",
     "plain11",
     "resnet110",
+    "save_weights",
     "trainable_layers",
 ]
 
-MODELS = ("plain11", "resnet110")
+MODEL_NAMES_HELP = (
+    "plain11 (the paper's), resnet110 (the paper's), resnet<6n+2> (resnet20, resnet56, ...) or "
+    "a plain network written as its widths, blocks split by | and units by - (plain64-64|128)"
+)
 
 
 def build_model(name: str, num_classes: int, *, width_mult: float = 1.0) -> nn.Module:

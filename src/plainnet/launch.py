@@ -1,0 +1,381 @@
+"""Running a grid: the runs that are not done yet, each group of runs in its own process.
+
+- ``process`` (default): child processes here; one group at a time on the CPU, one per GPU at a
+  time with several GPUs (``CUDA_VISIBLE_DEVICES``), or ``jobs_per_device`` groups on each GPU;
+- ``local``/``slurm``: submitit, one task per group, requeued and resumed after preemption.
+
+A group is up to ``runs_per_process`` runs of one configuration (the seeds of a cell) trained
+together by `plainnet.train.train_together`. Because `plainnet.train.train` continues a run from
+its directory by itself, "resume" is "start the same runs again": finished runs are skipped,
+diverged ones too (unless retried), crashed or interrupted ones resume.
+
+The grid runner holds the grid's lock (a second runner on the same directory is refused), only
+ever writes a run's files while holding that run's lock, and owns its children: a stop request
+(Ctrl-C, SIGTERM) is passed on to them, they checkpoint, and the runner says so and exits 130.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from plainnet.config import TrainConfig
+from plainnet.errors import UserError
+from plainnet.grid import (
+    Run,
+    RunSpec,
+    check_unique,
+    clear_stale_failure,
+    config_key,
+    mark_failed,
+    parse_shard,
+    run_status,
+    shard,
+    to_run,
+)
+from plainnet.run_dir import RunDir
+from plainnet.runtime import StopRequest, duration
+
+LAUNCHERS = ("process", "local", "slurm")
+Job = tuple[RunSpec, dict]  # a run and its TrainConfig as a dict
+Log = Callable[[str], None]
+
+
+@dataclass
+class SlurmOptions:
+    """What a Slurm array task asks for (`submitit` parameters)."""
+
+    partition: str | None = None
+    time_min: int = 24 * 60
+    gpus_per_task: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int = 32
+    array_parallelism: int = 64
+    account: str | None = None
+    qos: str | None = None
+
+
+@dataclass
+class RunnerOptions:
+    """How to run a grid (the options `reproduce` and `sweep` share)."""
+
+    jobs_per_device: int = 1
+    runs_per_process: int = 1
+    launcher: str = "process"
+    shard: str | None = None
+    retry_failed: bool = False
+    slurm: SlurmOptions = dataclasses.field(default_factory=SlurmOptions)
+
+
+def run_grid(
+    specs: Sequence[RunSpec],
+    base: dict,
+    out: str | Path,
+    runner: RunnerOptions,
+    log: Log = print,
+    *,
+    command: str | None = None,
+) -> dict[str, str]:
+    """Train every run of ``specs`` (this shard of it) that is not done yet, into ``out``.
+
+    ``base`` is a `TrainConfig` as a dict; each spec overrides its model, schedule, seed and
+    width. Every configuration is checked before the first run starts. Returns the status of
+    each run started (finished, diverged, failed, interrupted, submitted, ...). ``command``
+    (the command line) is added to ``out/commands.txt``, the report's provenance.
+    """
+    out = Path(out)
+    if runner.launcher not in LAUNCHERS:
+        raise UserError(f"--launcher must be one of {', '.join(LAUNCHERS)}")
+    check_unique(specs)
+    if runner.shard:
+        specs = shard(specs, *parse_shard(runner.shard))
+    jobs = []
+    for spec in specs:
+        config = TrainConfig(**{**base, **spec.overrides()})
+        config.validate()  # every mistake before the first run starts, not hours later
+        jobs.append((spec, dataclasses.asdict(config)))
+    out.mkdir(parents=True, exist_ok=True)
+    with RunDir(out).locked():  # one runner per grid directory
+        if command:
+            record_command(out / "commands.txt", command)
+        todo = {s.name for s in to_run(specs, out, retry_failed=runner.retry_failed)}
+        log(f"{out}: {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to run")
+        groups = group_jobs([j for j in jobs if j[0].name in todo], runner.runs_per_process)
+        if not groups:
+            return {}
+        if runner.launcher != "process":
+            return submit(groups, out, runner.launcher, runner.slurm, log)
+        return run_processes(groups, out, device_slots(base["device"], runner.jobs_per_device), log)
+
+
+def record_command(path: Path, command: str) -> None:
+    """Append ``command`` to the grid's record of the commands run in it (atomically)."""
+    from plainnet.tables import write_text
+
+    before = path.read_text(errors="replace") if path.exists() else ""
+    write_text(path, before + command + "\n")
+
+
+def group_jobs(jobs: Sequence[Job], size: int) -> list[list[Job]]:
+    """Runs of one configuration but the seed (a cell's seeds), ``size`` at a time, in order."""
+    by_config: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        key = config_key(Run(job[0].name, Path(), {}, {"config": job[1]}))
+        by_config.setdefault(key, []).append(job)
+    return [same[i : i + size] for same in by_config.values() for i in range(0, len(same), size)]
+
+
+def device_slots(device: str, jobs_per_device: int) -> list[str | None]:
+    """Where groups may run at the same time: ``jobs_per_device`` slots per visible GPU; one
+    slot (None: no ``CUDA_VISIBLE_DEVICES`` change) on the CPU, whose cores one run fills."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return [None]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    return [gpu for gpu in ids for _ in range(jobs_per_device)]
+
+
+def child_command(group: Sequence[Job], out: Path) -> list[str]:
+    """The command that trains ``group``: this module's ``__main__`` below."""
+    pairs = [x for spec, config in group for x in (str(out / spec.name), json.dumps(config))]
+    return [sys.executable, "-m", "plainnet.launch", *pairs]
+
+
+def run_processes(
+    groups: Sequence[list[Job]], out: Path, slots: Sequence[str | None], log: Log = print
+) -> dict[str, str]:
+    """Train each group in a child process, ``len(slots)`` at a time, with the grid's ETA;
+    returns each run's final status. A stop request stops the children, which checkpoint."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    queue, free = list(groups), list(slots)
+    running: dict[subprocess.Popen, tuple[list[Job], str | None, object]] = {}
+    done: dict[str, str] = {}
+    total, t0 = sum(len(g) for g in groups), time.monotonic()
+    signalled: set[subprocess.Popen] = set()
+    with StopRequest() as stop:
+        while (queue and stop.signal is None) or running:
+            while queue and free and stop.signal is None:
+                group, slot = queue.pop(0), free.pop(0)
+                proc, logfile = start_child(group, out, slot)
+                running[proc] = (group, slot, logfile)
+                started = len(done) + sum(len(g) for g, _, _ in running.values())
+                names = ", ".join(spec.name for spec, _ in group)
+                where = f" on GPU {slot}" if slot is not None else ""
+                log(f"[{started}/{total}] {names}{where}{eta(done, total, t0)}")
+            time.sleep(0.2)
+            if stop.signal is not None:
+                for proc in set(running) - signalled:
+                    proc.send_signal(signal.SIGTERM)
+                    signalled.add(proc)
+            for proc in [p for p in running if p.poll() is not None]:
+                group, slot, logfile = running.pop(proc)
+                logfile.close()
+                free.append(slot)
+                for spec, _ in group:
+                    done[spec.name] = finish(proc.returncode, out, spec, log)
+    if stop.signal is not None:
+        log(f"stopped: the runs started have checkpointed; {len(queue)} group(s) not started")
+        raise KeyboardInterrupt
+    return done
+
+
+def start_child(group: Sequence[Job], out: Path, slot: str | None):
+    for spec, _ in group:
+        clear_stale_failure(out / spec.name)
+    env = dict(os.environ)
+    if slot is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot
+    logfile = open(out / "logs" / f"{group[0][0].name}.log", "a")  # noqa: SIM115 - closed later
+    # Its own process group: a Ctrl-C at the terminal reaches the runner alone, which passes
+    # the stop on, so that every child gets exactly one request.
+    proc = subprocess.Popen(
+        child_command(group, out), stdout=logfile, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True, preexec_fn=_stop_with_parent,
+    )  # fmt: skip
+    return proc, logfile
+
+
+def _stop_with_parent() -> None:
+    """In the child, on Linux: a SIGTERM when the runner dies, even by SIGKILL, so that no run
+    goes on training as an orphan (it checkpoints and exits)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def eta(done: dict, total: int, t0: float) -> str:
+    """``, grid ETA h:mm:ss`` from the runs finished so far (nothing before the first)."""
+    if not done:
+        return ""
+    per_run = (time.monotonic() - t0) / len(done)
+    return f", grid ETA {duration(per_run * (total - len(done)))}"
+
+
+def finish(returncode: int, out: Path, spec: RunSpec, log: Log) -> str:
+    """A child has ended: record a crash, report the run's status in one line."""
+    run = out / spec.name
+    logfile = out / "logs" / f"{spec.name}.log"
+    crashed = returncode not in (0, 130)  # 130: stopped and checkpointed; it resumes later
+    if crashed and not mark_failed(run, spec, error_line(logfile)):
+        log(f"{spec.name}: in use by another process; left as it is")
+    status = run_status(run)
+    detail = ""
+    if status == "finished":
+        detail = f" (test error {RunDir(run).read_summary()['test_error']:.2f} %)"
+    elif status == "failed":
+        detail = f": {error_line(logfile)}"
+    log(f"{spec.name}: {status}{detail}")
+    return status
+
+
+def error_line(path: Path) -> str:
+    """The error in a child's log: its last ``plainnet: error:`` line, else its last line."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    errors = [ln for ln in lines if ln.startswith("plainnet: error:")]
+    return (errors or lines or ["crashed without output"])[-1][:500]
+
+
+def train_group(pairs: Sequence[tuple[str, dict]], log: Log = print) -> list[str]:
+    """Train runs (``(run directory, config)``) together; a finished CLR/SGDR run then gets its
+    snapshot ensemble evaluated (``evaluation.json``), which the report shows."""
+    from plainnet.evaluate import evaluate_path
+    from plainnet.train import train, train_together
+
+    cfgs = [TrainConfig(**config) for _, config in pairs]
+    if len(pairs) == 1:
+        results = [train(cfgs[0], pairs[0][0], log=log)]
+    else:
+        results = train_together(cfgs, [run for run, _ in pairs], log=log)
+    statuses = []
+    for (run, _), cfg, result in zip(pairs, cfgs, results, strict=True):
+        if isinstance(result, UserError):
+            log(f"plainnet: error: {result}")
+            statuses.append("error")
+            continue
+        if result["status"] == "finished" and cfg.snapshots and cfg.schedule != "step":
+            evaluate_path(run, ensemble=True, log=log)
+        statuses.append(result["status"])
+    return statuses
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    """``python -m plainnet.launch RUN CONFIG_JSON [RUN CONFIG_JSON ...]``."""
+    from plainnet.runtime import sigterm_as_interrupt
+
+    pairs = [(argv[i], json.loads(argv[i + 1])) for i in range(0, len(argv), 2)]
+    try:
+        with sigterm_as_interrupt():
+            statuses = train_group(pairs, log=lambda msg: print(msg, flush=True))
+    except UserError as err:
+        print(f"plainnet: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("plainnet: interrupted (checkpoint saved)", file=sys.stderr, flush=True)
+        return 130
+    return 2 if "error" in statuses else 0
+
+
+# ---- submitit: a local executor or a Slurm job array ----
+
+
+class TrainJob:
+    """The callable submitit runs for one group. On preemption or timeout submitit calls
+    `checkpoint`, which resubmits the same call: `train` then resumes from the run directory."""
+
+    def __call__(self, pairs: list[tuple[str, dict]], specs: list[RunSpec]) -> list[str]:
+        try:
+            train_group(pairs)
+        except UserError as err:
+            for (run, _), spec in zip(pairs, specs, strict=True):
+                mark_failed(Path(run), spec, str(err).splitlines()[0])
+        except Exception as err:
+            for (run, _), spec in zip(pairs, specs, strict=True):
+                mark_failed(Path(run), spec, f"{type(err).__name__}: {err}".splitlines()[0])
+            raise
+        return [run_status(Path(run)) for run, _ in pairs]
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def make_executor(launcher: str, folder: Path, slurm: SlurmOptions, cpu: bool):
+    """A submitit executor: ``local`` (this machine) or ``slurm`` (needs ``sbatch``)."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--launcher needs submitit: pip install submitit") from None
+    if launcher == "local":
+        executor = submitit.AutoExecutor(folder=folder, cluster="local")
+        executor.update_parameters(timeout_min=slurm.time_min, gpus_per_node=0 if cpu else 1)
+        return executor
+    from shutil import which
+
+    if which("sbatch") is None:
+        raise UserError("--launcher slurm: no sbatch on PATH (run this on a Slurm login node)")
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    extra = {"account": slurm.account, "qos": slurm.qos}
+    executor.update_parameters(
+        timeout_min=slurm.time_min, slurm_partition=slurm.partition,
+        gpus_per_node=0 if cpu else slurm.gpus_per_task, tasks_per_node=1,
+        cpus_per_task=slurm.cpus_per_task, mem_gb=slurm.mem_gb,
+        slurm_array_parallelism=slurm.array_parallelism,
+        slurm_additional_parameters={k: v for k, v in extra.items() if v},
+    )  # fmt: skip
+    return executor
+
+
+def submit(
+    groups: Sequence[list[Job]], out: Path, launcher: str, slurm: SlurmOptions, log: Log = print
+) -> dict[str, str]:
+    """Submit the groups as one job array. ``local`` waits for them (one at a time, each gets
+    the machine); ``slurm`` returns at once: rerun with the same ``--out`` to collect."""
+    cpu = all(config.get("device") == "cpu" for group in groups for _, config in group)
+    executor = make_executor(launcher, out / "submitit", slurm, cpu)
+    args = []
+    for group in groups:
+        for spec, _ in group:
+            clear_stale_failure(out / spec.name)
+        args.append(([(str(out / s.name), c) for s, c in group], [s for s, _ in group]))
+    if launcher == "local":
+        statuses = {}
+        for pairs, specs in args:
+            job = executor.submit(TrainJob(), pairs, specs)
+            log(f"{', '.join(s.name for s in specs)}: submitted as local job {job.job_id}")
+            try:
+                results = job.result()
+            except Exception as err:
+                line = str(err).strip().splitlines()[-1][:500]
+                results = [
+                    "failed" if mark_failed(out / s.name, s, line) else "busy" for s in specs
+                ]
+            for spec, status in zip(specs, results, strict=True):
+                statuses[spec.name] = status
+                log(f"{spec.name}: {status}")
+        return statuses
+    array = executor.map_array(TrainJob(), [a[0] for a in args], [a[1] for a in args])
+    for (_, specs), job in zip(args, array, strict=True):
+        log(f"{', '.join(s.name for s in specs)}: submitted as Slurm job {job.job_id}")
+    return {s.name: "submitted" for _, specs in args for s in specs}
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

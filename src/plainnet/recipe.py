@@ -1,0 +1,219 @@
+"""The authors' recipe: the model and its optimizer, and one training step, as plainnet runs them.
+
+SGD with momentum 0.9, weight decay only on the tensors the authors decayed (`param_groups`),
+gradient clipping at global norm 10, batches of 100 from `DeviceLoader`, the learning rate of
+every iteration from its schedule. `TrainStep` is that iteration with all its state on the
+device: the batch's position, the iteration counter, the learning rate (read from a table of
+every iteration's rate into the optimizer as a 0-d tensor) and the epoch's running sums. A step
+is a fixed sequence of device work that asks the host nothing, so on a GPU it can be captured
+once and replayed as a single CUDA graph (``cuda_graphs``), and it never waits for the device.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plainnet.config import Switches, TrainConfig
+from plainnet.data import DeviceLoader, augment_batch, normalize
+from plainnet.models import build_model
+
+# The authors' L2 penalty lambda * sum(w^2) has gradient 2 * lambda * w: PyTorch's weight_decay
+# is 2 * lambda (docs/recipe.md): Plain family 5e-4 -> 1e-3, ResNets 2e-4 -> 4e-4.
+DEFAULT_WEIGHT_DECAY = {"plain": 1e-3, "resnet": 4e-4}
+CAPTURE_AFTER = 3  # eager steps before the step is captured as a CUDA graph (warm-up)
+
+
+def weight_decay(cfg: TrainConfig) -> float:
+    """``cfg.weight_decay``, else the authors' value for the model's family."""
+    if cfg.weight_decay is not None:
+        return cfg.weight_decay
+    return DEFAULT_WEIGHT_DECAY["resnet" if cfg.model.startswith("resnet") else "plain"]
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay only on the tensors the authors decayed (``model.decayed_parameters()``)."""
+    decayed = {id(p) for p in model.decayed_parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the generators that draw the initial weights (the data plan has its own)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+def build_model_and_optimizer(
+    cfg: TrainConfig,
+    num_classes: int,
+    device: torch.device,
+    switches: Switches,
+    *,
+    sync_bn: bool = False,
+) -> tuple[nn.Module, torch.optim.SGD]:
+    """``cfg.model`` on ``device`` (channels-last if switched on) and its fused SGD: momentum
+    ``cfg.momentum``, `weight_decay` on the decayed tensors only, and a learning rate that is
+    one 0-d tensor on the device shared by both groups (`TrainStep` writes each iteration's
+    rate into it). Seed first (`seed_everything`): the global generator draws the weights."""
+    model = build_model(cfg.model, num_classes, width_mult=cfg.width_mult)
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if switches.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        param_groups(model, weight_decay(cfg)), lr=0.0, momentum=cfg.momentum, fused=True
+    )
+    share_lr(optimizer, torch.zeros((), device=device))
+    return model, optimizer
+
+
+def share_lr(optimizer: torch.optim.Optimizer, lr: torch.Tensor) -> None:
+    """Make every group's rate the one tensor ``lr`` (also after ``load_state_dict``, which
+    puts the saved groups' values in), fused on the device."""
+    for group in optimizer.param_groups:
+        group.update(lr=lr, fused=True, foreach=None)
+
+
+class TrainStep:
+    """One SGD iteration of the recipe, on ``loader``'s next batch: augment and normalise on the
+    device, forward and backward (autocast and channels-last as switched), clip the global
+    gradient norm, set this iteration's rate from ``rates`` (one per iteration), update, and add
+    the batch's loss and errors to the epoch's sums. Calling it returns nothing and reads
+    nothing back: the state stays on the device (``t``, ``loss_sum``, ``wrong_sum``,
+    ``last_loss``), read by the loop only when it needs a number.
+
+    With ``switches.compile`` the forward side (augmentation to error count) is compiled as one
+    graph (and its backward as one); with ``switches.cuda_graphs`` the whole step is captured as
+    one CUDA graph after `CAPTURE_AFTER` eager warm-up steps and replayed from then on; if the
+    capture fails, the step goes on without it (``graph_error`` says why).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: DeviceLoader,
+        rates: torch.Tensor,
+        *,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        switches: Switches,
+        clip_norm: float,
+    ):
+        self.net, self.optimizer, self.loader, self.rates = net, optimizer, loader, rates
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.clip_norm, self.switches = clip_norm, switches
+        device = rates.device
+        self.lr = optimizer.param_groups[0]["lr"]
+        self.t = torch.zeros(1, dtype=torch.int64, device=device)  # the next iteration
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.wrong_sum = torch.zeros((), dtype=torch.int64, device=device)
+        self.last_loss = torch.zeros((), dtype=torch.float32, device=device)
+        self.scaler = torch.amp.GradScaler(device.type) if switches.amp == "fp16" else None
+        self.forward_loss = forward_loss_fn(net, mean, std, loader.augment, switches)
+        self.clip = self._clip
+        if switches.compile:
+            self.forward_loss = torch.compile(self.forward_loss)
+            self.clip = torch.compile(self._clip)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_error: str | None = None
+        self._eager_steps = 0
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.switches.cuda_graphs and self.graph_error is None:
+            self._warm_up_or_capture()
+        else:
+            self._step()
+
+    def _step(self) -> None:
+        images, labels, shifts, flips = self.loader.next_batch()
+        loss, wrong = self.forward_loss(images, labels, shifts, flips)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip_norm > 0:
+            self.clip()
+        torch.index_select(self.rates, 0, self.t, out=self.lr.view(1))
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.t.add_(1)
+        self.last_loss.copy_(loss.detach())
+        self.loss_sum.add_(self.last_loss, alpha=self.loader.batch_size)
+        self.wrong_sum.add_(wrong)
+
+    def _clip(self) -> None:
+        nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=True)
+
+    def _warm_up_or_capture(self) -> None:
+        """Warm-up steps run on a side stream (as CUDA graph capture wants: the allocator and
+        cuBLAS set up their state there); then one step is recorded, not run, and replayed."""
+        if self._eager_steps < CAPTURE_AFTER:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            self._eager_steps += 1
+            return
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._step()
+        except Exception as err:  # a kernel that cannot be captured: go on without the graph
+            torch.cuda.synchronize()
+            self.graph_error = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+            self._step()
+            return
+        self.graph = graph
+        graph.replay()
+
+    def start_epoch(self, epoch: int, first: int, iteration: int, sums=(0.0, 0)) -> None:
+        """Point at batch ``first`` of ``epoch`` (global iteration ``iteration``) and start the
+        epoch's sums from ``sums`` (loss summed over images, misclassified images)."""
+        self.loader.start_epoch(epoch, first)
+        self.t.fill_(iteration)
+        self.loss_sum.fill_(float(sums[0]))
+        self.wrong_sum.fill_(int(sums[1]))
+
+    def steps(self, first: int, last: int) -> Iterator[int]:
+        """Run the steps ``first + 1 .. last`` of the current epoch, yielding each one's number
+        after it ran (the caller decides what to do between steps: this is the one loop)."""
+        for step in range(first, last):
+            self()
+            yield step + 1
+
+
+def forward_loss_fn(
+    net: nn.Module, mean: torch.Tensor, std: torch.Tensor, augment: str, switches: Switches
+):
+    """The forward side of a step: uint8 batch -> (mean loss, misclassified images)."""
+    device_type = mean.device.type
+
+    def forward_loss(
+        images: torch.Tensor, labels: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = normalize(augment_batch(images, augment, shifts, flips), mean, std)
+        if switches.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = switches.amp_dtype
+        with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), labels)
+        return loss, (logits.argmax(1) != labels).sum()
+
+    return forward_loss
