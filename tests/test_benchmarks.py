@@ -239,3 +239,23 @@ def test_benchmark_on_cuda(tmp_path):
     # With the whole step as one CUDA graph, a step is one graph replay and few launches.
     work = r["host_work_per_step"]
     assert work["graph_launches"] >= 1, work
+
+
+def test_k_runs_in_one_process_are_measured_against_one_run(tmp_path):
+    """``--together K`` (K runs in turns, as --runs-per-process trains them) and ``--fused K``
+    (one grouped network) are timed in the same run as one run, and compared with it."""
+    out = tmp_path / "k.json"
+    args = ["--device", "cpu", "--models", TINY, "--steps", "2", "--reps", "2", "--warmup", "1"]
+    args += ["--train-images", "300", "--test-images", "200", "--eval-images", "200"]
+    result = run_bench(
+        *args, "--only", "plainnet", "--together", "2", "--fused", "2", "--json", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    m = json.loads(out.read_text())["models"][TINY]
+    assert set(m) >= {"plainnet", "together x2", "fused x2"} and "conventional" not in m
+    for kind in ("together x2", "fused x2"):
+        ratios = m[kind]["over_one_run"]["reps"]
+        rates = m[kind]["train_images_per_second"]["reps"]
+        one = m["plainnet"]["train_images_per_second"]["reps"]
+        assert ratios == pytest.approx([a / b for a, b in zip(rates, one, strict=True)])
+    assert "x one run" in result.stdout

@@ -151,7 +151,7 @@ def test_step_state_keeps_its_storage():
             tensors[f"momentum.{i}"] = step.optimizer.state[p]["momentum_buffer"]
         for name in ("t", "lr", "loss_sum", "wrong_sum", "last_loss", "rates"):
             tensors[name] = getattr(step, name)
-        for name in ("order", "shifts", "flips", "position", "images"):
+        for name in ("order", "shifts", "flips", "window", "images"):
             tensors[name] = getattr(step.loader, name)
         return {k: v.data_ptr() for k, v in tensors.items()}
 

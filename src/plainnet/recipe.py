@@ -95,6 +95,10 @@ class TrainStep:
     graph (and its backward as one); with ``switches.cuda_graphs`` the whole step is captured as
     one CUDA graph after `CAPTURE_AFTER` eager warm-up steps and replayed from then on; if the
     capture fails, the step goes on without it (``graph_error`` says why).
+
+    ``forward_loss(images, labels, shifts, flips) -> (loss, misclassified)`` and ``clip()``
+    replace the recipe's own (`forward_loss_fn`, global-norm clipping) for another network
+    layout, such as K runs fused into one (``benchmarks/pipelines.py``).
     """
 
     def __init__(
@@ -108,6 +112,8 @@ class TrainStep:
         std: torch.Tensor,
         switches: Switches,
         clip_norm: float,
+        forward_loss=None,
+        clip=None,
     ):
         self.net, self.optimizer, self.loader, self.rates = net, optimizer, loader, rates
         self.params = [p for p in net.parameters() if p.requires_grad]
@@ -119,11 +125,13 @@ class TrainStep:
         self.wrong_sum = torch.zeros((), dtype=torch.int64, device=device)
         self.last_loss = torch.zeros((), dtype=torch.float32, device=device)
         self.scaler = torch.amp.GradScaler(device.type) if switches.amp == "fp16" else None
-        self.forward_loss = forward_loss_fn(net, mean, std, loader.augment, switches)
-        self.clip = self._clip
+        self.forward_loss = forward_loss or forward_loss_fn(
+            net, mean, std, loader.augment, switches
+        )
+        self.clip = clip or self._clip
         if switches.compile:
             self.forward_loss = torch.compile(self.forward_loss)
-            self.clip = torch.compile(self._clip)
+            self.clip = torch.compile(self.clip)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_error: str | None = None
         self._eager_steps = 0
@@ -151,10 +159,11 @@ class TrainStep:
         else:
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        self.t.add_(1)
-        self.last_loss.copy_(loss.detach())
-        self.loss_sum.add_(self.last_loss, alpha=self.loader.batch_size)
-        self.wrong_sum.add_(wrong)
+        with torch.no_grad():  # no detach to dispatch
+            self.t.add_(1)
+            self.last_loss.copy_(loss)
+            self.loss_sum.add_(loss, alpha=self.loader.batch_size)
+            self.wrong_sum.add_(wrong)
 
     def _clip(self) -> None:
         nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=True)

@@ -32,8 +32,8 @@ class DeviceLoader:
     batches of ``batch_size`` following each epoch's `epoch_plan`.
 
     ``start_epoch(epoch, first)`` writes the epoch's plan into the device buffers (outside any
-    step) and sets the position to batch ``first``; `next_batch` gathers the batch at the
-    position and advances it, on the device. The buffers are allocated once: their storage
+    step) and points at batch ``first``; `next_batch` gathers the batch pointed at and moves on,
+    on the device: ``window`` holds the next batch's positions in the epoch's order. The buffers are allocated once: their storage
     never changes, as a captured CUDA graph requires. An epoch has ``len(self) // batch_size``
     full batches; the remainder of the shuffled images is left out, as in the authors' code.
     """
@@ -56,8 +56,7 @@ class DeviceLoader:
         self.order = torch.zeros(n, dtype=torch.int64, device=device)
         self.shifts = torch.zeros(n, 2, dtype=torch.int64, device=device)
         self.flips = torch.zeros(n, dtype=torch.bool, device=device)
-        self.position = torch.zeros((), dtype=torch.int64, device=device)
-        self._offsets = torch.arange(batch_size, device=device)
+        self.window = torch.arange(batch_size, device=device)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -71,12 +70,19 @@ class DeviceLoader:
         plan = epoch_plan(self.seed, epoch, self.rank, len(self), self.augment, self.size)
         for buffer, values in zip((self.order, self.shifts, self.flips), plan, strict=True):
             buffer.copy_(values)
-        self.position.fill_(first)
+        start = first * self.batch_size
+        self.window.copy_(torch.arange(start, start + self.batch_size))
+
+    @property
+    def position(self) -> int:
+        """The batch `next_batch` takes next (a read from the device: not inside a step)."""
+        return int(self.window[0]) // self.batch_size
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(images uint8, labels, shifts, flips) of the batch at the position; advances it."""
-        index = self.order.index_select(0, self.position * self.batch_size + self._offsets)
-        self.position.add_(1)
+        """(images uint8, labels, shifts, flips) of the batch pointed at; moves on. Two ops
+        beside the gathers: on a GPU every op the host dispatches costs."""
+        index = self.order.index_select(0, self.window)
+        self.window.add_(self.batch_size)
         return (
             self.images.index_select(0, index),
             self.labels.index_select(0, index),
