@@ -145,7 +145,7 @@ def host_dispatches(events) -> list:
 def profile_step(pipe, steps: int = 3, rows: int = 15) -> tuple[str, dict]:
     """Top ops of ``steps`` training steps under torch.profiler (CPU, and CUDA on a GPU), and
     the host's work per step: aten ops dispatched (`host_dispatches`), and on CUDA the kernel
-    launches and CUDA-graph replays."""
+    launches and CUDA-graph replays, and the GPU's kernels and milliseconds per step."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = pipe.device.type == "cuda"
@@ -160,5 +160,9 @@ def profile_step(pipe, steps: int = 3, rows: int = 15) -> tuple[str, dict]:
         per_step["graph_launches"] = (
             sum(e.name.startswith(GRAPH_LAUNCH_PREFIX) for e in events) / steps
         )
+        # What the GPU itself did: its kernels (inside replayed graphs too) and their time.
+        on_gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        per_step["device_kernels"] = len(on_gpu) / steps
+        per_step["gpu_ms"] = sum(e.self_device_time_total for e in on_gpu) / steps / 1000
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows), per_step

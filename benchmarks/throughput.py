@@ -140,7 +140,11 @@ def measure_model(model_name: str, data: ImageData, device: torch.device, args) 
         ratios = [a / b for a, b in zip(train_rate[p.name], train_rate["plainnet"], strict=True)]
         result[p.name]["over_one_run"] = spread(ratios)
     if args.profile and pipes and isinstance(pipes[0], PlainnetPipeline):
-        result["profile"], result["host_work_per_step"] = profile_step(pipes[0])
+        result["profile"], work = profile_step(pipes[0])
+        result["host_work_per_step"] = work
+        if "gpu_ms" in work:  # the share of a step the GPU is busy, at the measured rate
+            step_ms = 1000 * BATCH / result["plainnet"]["train_images_per_second"]["median"]
+            work["gpu_busy"] = work["gpu_ms"] / step_ms
     return result
 
 

@@ -211,7 +211,7 @@ def test_pack_gpu_inputs_round_trip(tmp_path, monkeypatch):
 
 
 def test_gpu_check_script_is_valid_bash():
-    for name in ("gpu_check.sh", "pack_gpu_inputs.sh"):
+    for name in ("gpu_check.sh", "gpu_runs.sh", "pack_gpu_inputs.sh"):
         result = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / name)])
         assert result.returncode == 0, name
     usage = subprocess.run(
@@ -259,3 +259,20 @@ def test_k_runs_in_one_process_are_measured_against_one_run(tmp_path):
         one = m["plainnet"]["train_images_per_second"]["reps"]
         assert ratios == pytest.approx([a / b for a, b in zip(rates, one, strict=True)])
     assert "x one run" in result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_rehearsal_runs_every_step(tmp_path):
+    """The GPU check's CPU rehearsal: every step runs and writes its figures."""
+    env = {**os.environ, "PLAINNET_GPU_CHECK_DEVICE": "cpu"}
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    result = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True,
+                            env=env, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    status = (tmp_path / "status.txt").read_text()
+    for step in ("plain11", "resnet110", "k3", "grouped_conv", "resnet110_nchw", "pytest"):
+        assert f"   {step}: exit 0 after" in status, status
+    k3 = json.loads((tmp_path / "k3.json").read_text())["models"]
+    assert all({"together x3", "fused x3"} <= set(m) for m in k3.values())
+    work = json.loads((tmp_path / "plain11.json").read_text())["models"]
+    assert next(iter(work.values()))["host_work_per_step"]["host_ops"] > 0
