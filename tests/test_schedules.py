@@ -252,3 +252,20 @@ def test_adapter_drives_a_lightning_loop():
     )  # fmt: skip
     trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=2))
     assert seen == pytest.approx([f(t) for t in range(8)], rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["step", "sgdr"])
+def test_global_decay_for_every_schedule_follows_equation_2(name):
+    """``delta`` divides any schedule by ``1 + (delta - 1) t / t_max``, as the authors' code
+    applied its decay setting to every schedule (delta 4 at the paper's time)."""
+    plain, decayed = paper_schedule(name, IPE), paper_schedule(name, IPE, delta=4.0)
+    t_max = plain.epochs * IPE
+    for t in [0, 600, 12 * IPE, 36 * IPE, 84 * IPE, plain.total_iters - 1]:
+        assert decayed(t) == pytest.approx(plain(t) / (1 + 3 * t / t_max), rel=1e-12)
+    if name == "sgdr":  # the last restart's peak: 0.042 instead of 0.1
+        assert decayed(84 * IPE) == pytest.approx(0.1 / (1 + 3 * 84 / 180))
+        assert decayed(84 * IPE) == pytest.approx(0.042, abs=5e-4)
+    assert paper_schedule("clr", IPE).delta == 10.0 and plain.delta == 1.0
+    assert paper_schedule("clr", IPE, delta=1.0)(5000) == pytest.approx(0.1)  # no decay
+    with pytest.raises(ValueError, match="delta"):
+        paper_schedule(name, IPE, delta=0.5)

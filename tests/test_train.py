@@ -77,6 +77,8 @@ def test_run_directory_contents(tiny_cifar10, tmp_path):
     assert config["resolved"]["iters_per_epoch"] == 1  # 100 images, batch 100
     assert config["resolved"]["weight_decay"] == 1e-3
     assert config["resolved"]["eval_batch_size"] == 100  # the CPU default
+    assert config["config"]["eval_precision"] == "fp32"  # as the authors evaluated
+    assert config["resolved"]["lr_decay"] == 1.0 and config["identity"]["num_classes"] == 10
     assert config["environment"]["torch"] == torch.__version__
     assert config["environment"]["device"] == "cpu"
     assert set(summary) >= {"test_error", "mean_train_seconds", "epochs", "parameters", "status"}
@@ -459,6 +461,7 @@ def test_resume_refuses_data_or_weights_that_are_not_the_runs(tmp_path, monkeypa
         ({"model": "plain8|16", "batch_size": 1}, "cannot train on batches of 1 images"),
         ({"model": "plain8|8|8|8|8|8|8", "batch_size": 10}, "cannot train on batches of 10"),
         ({"model": "plain8|16", "seed": 2**64}, "--seed must be an integer"),
+        ({"model": "plain100000-100000", "batch_size": 10}, "does not fit in the memory of cpu"),
     ],
 )
 def test_a_run_that_cannot_take_its_first_step_is_refused_before_writing(
@@ -493,3 +496,29 @@ def test_header_and_closing_lines(tiny_cifar10, tmp_path):
     assert (
         lines[-1].startswith("finished: final test error ") and str(tmp_path / "run") in lines[-1]
     )
+
+
+def test_a_checkpoint_written_before_the_redesign_still_resumes(tiny_cifar10, tmp_path):
+    """Runs made by the plainnet before this layout: foreach SGD with a float rate in the
+    optimizer's state, no identity in the checkpoint, ``amp: on`` and no ``eval_precision``
+    or ``lr_decay`` in config.json. They resume, and finish as an uninterrupted run does."""
+    cfg = TrainConfig(model="plain8|16", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=3,
+                      batch_size=20, deterministic=True)  # fmt: skip
+    straight = train(cfg, tmp_path / "straight", log=quiet)
+    run = RunDir(tmp_path / "old")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run.path, log=lambda m: os.kill(os.getpid(), signal.SIGINT) if "1/3" in m else 0)
+    state = run.load_checkpoint()
+    del state["identity"]
+    for group in state["optimizer"]["param_groups"]:
+        group.update(lr=float(group["lr"]), foreach=True, fused=None)
+    torch.save(state, run.checkpoint)
+    record = run.read_config()
+    del record["identity"]
+    for key in ("eval_precision", "lr_decay"):
+        del record["config"][key]
+    run.write_config(record)
+    resumed = train(cfg, run.path, log=quiet)
+    assert resumed["test_error"] == straight["test_error"]
+    a, b = _weights(tmp_path / "straight"), _weights(run.path)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -21,6 +21,7 @@ from plainnet.config import upgrade
 from plainnet.errors import UserError
 from plainnet.run_dir import RunDir, read_json
 from plainnet.schedules import SCHEDULES
+from plainnet.shapes import EVALUATION_SHAPE
 
 NOT_RUNS = ("logs", "figures", "submitit")  # folders of a grid that are not runs
 # Options that say where files go or how often they are written, not what is computed.
@@ -183,9 +184,7 @@ def load_runs(out: str | Path) -> tuple[list[Run], list[tuple[str, str]]]:
         evaluation = {}
         if (path / "evaluation.json").exists():
             try:
-                evaluation = read_json(path / "evaluation.json")
-                if not isinstance(evaluation, dict):
-                    raise UserError(f"{path / 'evaluation.json'}: not a JSON object")
+                evaluation = read_json(path / "evaluation.json", EVALUATION_SHAPE)
             except UserError as err:
                 problems.append((path.name, f"evaluation ignored: {err}"))
                 evaluation = {}

@@ -41,7 +41,7 @@ from plainnet.grid import (
     shard,
     to_run,
 )
-from plainnet.run_dir import RunDir
+from plainnet.run_dir import RunDir, make_folder, open_for_writing
 from plainnet.runtime import StopRequest, duration
 
 LAUNCHERS = ("process", "local", "slurm")
@@ -157,7 +157,7 @@ def run_processes(
     """Train each group in a child process, ``len(slots)`` at a time, with the grid's ETA;
     returns each run's final status. A stop request stops the children, which checkpoint."""
     logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    make_folder(logs)
     queue, free = list(groups), list(slots)
     running: dict[subprocess.Popen, tuple[list[Job], str | None, object]] = {}
     done: dict[str, str] = {}
@@ -196,7 +196,10 @@ def start_child(group: Sequence[Job], out: Path, slot: str | None):
     env = dict(os.environ)
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
-    logfile = open(out / "logs" / f"{group[0][0].name}.log", "a")  # noqa: SIM115 - closed later
+    # Appended to, never through a planted link (a grid folder may be shared).
+    logfile = os.fdopen(
+        open_for_writing(out / "logs" / f"{group[0][0].name}.log", os.O_APPEND), "a"
+    )
     # Its own process group: a Ctrl-C at the terminal reaches the runner alone, which passes
     # the stop on, so that every child gets exactly one request.
     proc = subprocess.Popen(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from plainnet.errors import UserError
-from plainnet.run_dir import atomic_write
+from plainnet.run_dir import atomic_write, make_folder
 from plainnet.schedules import SCHEDULES, Schedule, paper_schedule
 
 SCHEDULE_LABELS = {"step": "SGD (He et al.)", "clr": "CLR", "sgdr": "SGDR"}
@@ -35,7 +35,7 @@ def save(fig, path: str | Path, dpi: int = 100) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format=kind, dpi=dpi)
     pyplot().close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     data = buffer.getvalue()
     atomic_write(path, lambda f: f.write(data))
     return path

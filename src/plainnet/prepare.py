@@ -52,6 +52,7 @@ class Setup:
     parameters: int
     record: dict  # config.json
     writer: object | None = None  # TensorBoard's SummaryWriter with --tensorboard
+    told: set = dataclasses.field(default_factory=set)  # notes already logged once
 
     @property
     def total_iters(self) -> int:
@@ -118,7 +119,7 @@ def set_up(
         _check_tensorboard()
     if data is None:
         log(f"loading {cfg.dataset}" + (f" from {cfg.data_dir}" if cfg.data_dir else ""))
-        data = load_dataset(cfg.dataset, cfg.data_dir)
+        data = load_dataset(cfg.dataset, cfg.data_dir, log=log)
     data = data.subset(cfg.train_limit, cfg.test_limit)
     global_batch = cfg.batch_size * (world.size if cfg.scale_batch else 1)
     if global_batch % world.size:

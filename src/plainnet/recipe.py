@@ -94,7 +94,8 @@ class TrainStep:
     With ``switches.compile`` the forward side (augmentation to error count) is compiled as one
     graph (and its backward as one); with ``switches.cuda_graphs`` the whole step is captured as
     one CUDA graph after `CAPTURE_AFTER` eager warm-up steps and replayed from then on; if the
-    capture fails, the step goes on without it (``graph_error`` says why).
+    capture fails, the step goes on with torch.compile's ``reduce-overhead`` graphs of its
+    forward side where it is compiled, else eagerly (``graph_error`` says why).
 
     ``forward_loss(images, labels, shifts, flips) -> (loss, misclassified)`` and ``clip()``
     replace the recipe's own (`forward_loss_fn`, global-norm clipping) for another network
@@ -125,12 +126,10 @@ class TrainStep:
         self.wrong_sum = torch.zeros((), dtype=torch.int64, device=device)
         self.last_loss = torch.zeros((), dtype=torch.float32, device=device)
         self.scaler = torch.amp.GradScaler(device.type) if switches.amp == "fp16" else None
-        self.forward_loss = forward_loss or forward_loss_fn(
-            net, mean, std, loader.augment, switches
-        )
-        self.clip = clip or self._clip
+        self._forward = forward_loss or forward_loss_fn(net, mean, std, loader.augment, switches)
+        self.forward_loss, self.clip = self._forward, clip or self._clip
         if switches.compile:
-            self.forward_loss = torch.compile(self.forward_loss)
+            self.forward_loss = torch.compile(self._forward)
             self.clip = torch.compile(self.clip)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_error: str | None = None
@@ -183,9 +182,11 @@ class TrainStep:
         try:
             with torch.cuda.graph(graph):
                 self._step()
-        except Exception as err:  # a kernel that cannot be captured: go on without the graph
+        except Exception as err:  # something that cannot be captured: go on without
             torch.cuda.synchronize()
             self.graph_error = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+            if self.switches.compile:  # the fallback: torch.compile's graphs of the forward side
+                self.forward_loss = torch.compile(self._forward, mode="reduce-overhead")
             self._step()
             return
         self.graph = graph

@@ -11,7 +11,7 @@ opens files for writing here, never follows a symbolic link: a link planted in a
 directory cannot make plainnet overwrite what it points to (the rename replaces a link at the
 final name itself). The lock is an ``flock`` on ``.lock`` (Windows: ``msvcrt.locking``), dropped
 by the system when its holder dies, so a crashed run never leaves the directory stuck.
-`read_json` with a shape (`SUMMARY_SHAPE`, ...) words valid JSON of the wrong form in one line.
+`read_json` with a shape (`plainnet.shapes`) words valid JSON of the wrong form in one line.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ from typing import Any, BinaryIO
 import torch
 
 from plainnet.errors import UserError, one_line
+from plainnet.shapes import (
+    CONFIG_SHAPE,
+    METRICS_ROW_SHAPE,
+    check_shape,
+    check_summary,
+)
 
 try:  # POSIX
     import fcntl
@@ -119,6 +125,18 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.close(dir_fd)
 
 
+def make_folder(path: Path) -> Path:
+    """Create the folder ``path`` plainnet writes into (a run's snapshots, a grid's logs or
+    figures), refusing one that is a symbolic link: its files would land wherever it points."""
+    if path.is_symlink():
+        raise UserError(f"{path}: is a symbolic link; plainnet never writes through one")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{path}: cannot create the folder ({err.strerror})") from None
+    return path
+
+
 def save_torch(path: Path, value: Any) -> None:
     """``torch.save(value)`` to ``path`` atomically, serialised into memory first (a checkpoint
     is tens of MB): torch's own file writer turns a full disk into an opaque ``RuntimeError``
@@ -157,79 +175,6 @@ def dumps(value: Any) -> str:
 def write_json(path: Path, value: Any) -> None:
     text = json.dumps(_finite(value), default=_json_default, indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def _maybe(kind: type, *keys: str) -> dict:
-    """``keys`` that may hold ``kind``, be null (how NaN is stored) or be absent."""
-    return dict.fromkeys(keys, (kind, None))
-
-
-#: ``summary.json``; `check_summary` adds that a finished run has a numeric test_error.
-SUMMARY_SHAPE = {
-    "status": str,
-    **_maybe(str, "model", "schedule", "error"),
-    **_maybe(int, "seed", "epochs", "epochs_done", "best_epoch", "parameters"),
-    **_maybe(float, "test_error", "test_loss", "train_error", "best_test_error"),
-    **_maybe(float, "mean_train_seconds"),
-}
-#: ``config.json`` as `plainnet train` writes it.
-CONFIG_SHAPE = {"config": dict, "resolved": dict, "environment": dict, **_maybe(list, "command")}
-#: ``evaluation.json`` as `plainnet evaluate` writes it.
-EVALUATION_SHAPE = {
-    "test_error": float,
-    **_maybe(float, "test_loss", "coarse_error", "ensemble_test_error", "ensemble_test_loss"),
-    **_maybe(str, "source", "model", "dataset", "run_status"),
-    **_maybe(int, "test_images", "epochs_done"),
-    **_maybe(dict, "per_class_error", "per_class_images", "snapshot_test_errors"),
-    **_maybe(list, "coarse_classes", "coarse_confusion", "ensemble_snapshots"),
-}
-#: One line of ``metrics.jsonl``.
-METRICS_ROW_SHAPE = {
-    "epoch": int,
-    **_maybe(int, "iterations"),
-    **_maybe(float, "lr", "train_loss", "train_error", "test_loss", "test_error"),
-    **_maybe(float, "train_seconds", "eval_seconds", "images_per_second"),
-}
-_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-_KINDS |= {list: "a list", dict: "an object"}
-
-
-def _fits(value: Any, types: tuple) -> bool:
-    """Python's bool is an int: JSON's true is neither an integer nor a number here."""
-    if value is None or isinstance(value, bool):
-        return (None if value is None else bool) in types
-    return any(isinstance(value, (int, float) if t is float else t) for t in types if t)
-
-
-def _found(value: Any) -> str:
-    text = _KINDS[type(value)] if isinstance(value, dict | list) else json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def check_shape(label: Any, value: Any, shape: dict) -> None:
-    """Raise a one-line `UserError` starting with ``label`` (the file's path, or the path and
-    a line number) unless ``value`` is a JSON object of ``shape``.
-    ``shape`` maps keys to a type or a tuple of types: ``int`` (an integer, never true/false),
-    ``float`` (any number), ``str``, ``list``, ``dict``, ``bool``. A key whose types include
-    ``None`` may be null or absent; every other key is required. Other keys are not checked.
-    """
-    if not isinstance(value, dict):
-        raise UserError(f"{label}: should hold a JSON object, found {_found(value)}")
-    for key, types in shape.items():
-        name, types = json.dumps(key), types if isinstance(types, tuple) else (types,)
-        if key not in value and None not in types:
-            raise UserError(f"{label}: {name} is missing")
-        if key in value and not _fits(value[key], types):
-            kinds = " or ".join(_KINDS.get(t, "null") for t in types)
-            raise UserError(f"{label}: {name} should be {kinds}, found {_found(value[key])}")
-
-
-def check_summary(path: Path, value: Any) -> dict:
-    """``value`` if it has `SUMMARY_SHAPE` and, when finished, its result (readers print it)."""
-    check_shape(path, value, SUMMARY_SHAPE)
-    if value["status"] == "finished" and value.get("test_error") is None:
-        raise UserError(f'{path}: status is "finished" but "test_error" is missing or null')
-    return value
 
 
 def read_json(path: Path, shape: dict | None = None) -> Any:
@@ -359,10 +304,7 @@ class RunDir:
 
     def save_snapshot(self, iteration: int, model_state: dict) -> None:
         """Keep the model's weights after ``iteration`` updates as ``snapshots/iterNNNNNNNN.pt``."""
-        folder = self.path / "snapshots"
-        if folder.is_symlink():  # its files would be replaced wherever it points
-            raise UserError(f"{folder}: is a symbolic link; plainnet never writes through one")
-        folder.mkdir(exist_ok=True)
+        folder = make_folder(self.path / "snapshots")
         save_torch(folder / f"iter{iteration:08d}.pt", model_state)
 
     def snapshot_paths(self) -> list[Path]:

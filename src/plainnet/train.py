@@ -270,6 +270,9 @@ def end_epoch(s: Setup, epoch: int, result: EpochResult, history: list, log: Log
             for key in ("lr", "train_loss", "train_error", "test_loss", "test_error"):
                 s.writer.add_scalar(key, row[key], epoch + 1)
             s.writer.flush()
+    if s.step.graph_error and "graph" not in s.told:
+        s.told.add("graph")
+        log(f"note: the step could not be captured as one CUDA graph ({s.step.graph_error})")
     log(
         f"epoch {epoch + 1:>3}/{s.epochs}  lr {row['lr']:.2e}  "
         f"train loss {row['train_loss']:.3f} err {row['train_error']:5.2f} %  "

@@ -128,9 +128,10 @@ def _user_cache() -> Path:
 
 
 def load_dataset(
-    name: str, data_dir: str | Path | None = None, *, download: bool = True
+    name: str, data_dir: str | Path | None = None, *, download: bool = True, log=None
 ) -> ImageData:
-    """Load "cifar100", "cifar10" or "folder" as an `ImageData` on the CPU.
+    """Load "cifar100", "cifar10" or "folder" as an `ImageData` on the CPU (``log``, if
+    given, hears when an image folder is decoded rather than read from its cache).
 
     For CIFAR, `data_dir` (default `default_data_dir()`) holds the extracted folder or the
     official archive; with `download` the archive is fetched there when neither is present.
@@ -144,7 +145,7 @@ def load_dataset(
                 "the folder data set needs --data-dir DIR (with DIR/train and DIR/test)"
             )
         root = check_data_dir(data_dir)  # a symbolic link loop is one line, not a traceback
-        splits = load_folder(root, cache_dir())
+        splits = load_folder(root, cache_dir(), log)
         label = f"folder:{root.name}"
     else:
         root = default_data_dir() if data_dir is None else Path(data_dir).expanduser()

@@ -33,6 +33,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,9 @@ CACHE_VERSION = 2  # bump when the layout or the decoding changes, so old files 
 _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-def load_folder(data_dir: Path, cache: Path) -> Splits:
-    """Load the folder data set at `data_dir`, using (and refreshing) the cache in `cache`.
+def load_folder(data_dir: Path, cache: Path, log: Callable[[str], None] | None = None) -> Splits:
+    """Load the folder data set at `data_dir`, using (and refreshing) the cache in `cache`;
+    `log` hears when the images are decoded (once per version of the folder: seconds).
 
     Class names are the sorted sub-folder names of `train/`; `test/` must have the same ones.
     Hidden files and folders (names starting with ".") are skipped, as are files whose suffix
@@ -87,6 +89,9 @@ def load_folder(data_dir: Path, cache: Path) -> Splits:
     if cached is not None:
         return cached
 
+    if log is not None:
+        log(f"decoding {len(train_files) + len(test_files):,} images of {root} (once: the "
+            f"result is cached in {cache_file.parent})")  # fmt: skip
     train_images = _decode_all(train_files, size=None)
     test_images = _decode_all(test_files, size=(train_images.shape[2], train_images.shape[3]))
     splits = Splits(
