@@ -21,6 +21,7 @@ from plainnet.config import Switches, TrainConfig, resolve_switches
 from plainnet.data import DeviceLoader, augment_batch, epoch_plan, normalize
 from plainnet.models import build_model
 from plainnet.recipe import TrainStep, build_model_and_optimizer, param_groups, seed_everything
+from plainnet.runtime import determinism
 from plainnet.schedules import lr_table, paper_schedule
 
 SMALL = "plain16-16|32-32|64"
@@ -232,20 +233,12 @@ def test_whole_step_cuda_graph_replays_the_eager_step_bitwise():
     fp32_graphs = Switches("off", True, False, True)
     eager_model, eager, _ = make_step("cuda", Switches("off", True, False, False))
     graph_model, graphed, _ = make_step("cuda", fp32_graphs, model=eager_model)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    for step in (eager, graphed):
-        step.start_epoch(0, 0, 0)
-        for _ in range(5):
-            step()
-        step.start_epoch(1, 0, 5)
-        for _ in range(5):
-            step()
-        step.start_epoch(2, 0, 10)
-        for _ in range(5):
-            step()
-        step.start_epoch(3, 0, 15)
-        for _ in range(5):
-            step()
+    with determinism(True):  # the same kernels in both, and torch's switches restored
+        for step in (eager, graphed):
+            for epoch in range(4):  # 20 steps, across epoch boundaries
+                step.start_epoch(epoch, 0, 5 * epoch)
+                for _ in range(5):
+                    step()
     assert graphed.graph is not None, graphed.graph_error
     for p, q in zip(
         eager_model.state_dict().values(), graph_model.state_dict().values(), strict=True
