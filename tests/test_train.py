@@ -522,3 +522,16 @@ def test_a_checkpoint_written_before_the_redesign_still_resumes(tiny_cifar10, tm
     assert resumed["test_error"] == straight["test_error"]
     a, b = _weights(tmp_path / "straight"), _weights(run.path)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_no_snapshot_of_diverged_weights_is_kept(tiny_cifar10, tmp_path):
+    """SGDR starts at its top rate; at 1e30 the weights are NaN after the first step, before the
+    epoch's check sees it, and the first cycle ends (a snapshot) at iteration 2 of 10."""
+    cfg = TrainConfig(model="plain8|16", dataset="cifar10", data_dir=str(tiny_cifar10),
+                      schedule="sgdr", epochs=3, batch_size=10, lr_max=1e30, clip_norm=0.0)  # fmt: skip
+    with pytest.raises(UserError, match="NaN"):
+        train(cfg, tmp_path / "run", log=quiet)
+    assert RunDir(tmp_path / "run").read_summary()["status"] == "diverged"
+    for path in RunDir(tmp_path / "run").snapshot_paths():
+        state = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
