@@ -36,6 +36,9 @@ NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA
         ({"model": "resnet21"}, "6n+2"),
         ({"epochs": 3.0, "scale": 0.5}, "give --epochs or --scale"),
         ({"lr_min": 0.1, "lr_max": 0.01}, "must be below --lr-max"),
+        ({"model": 5}, "--model must be a string, got 5"),  # from a --config file, say
+        ({"snapshots": "yes"}, "--snapshots must be true or false"),
+        ({"batch_size": None}, "--batch-size needs a value"),
     ],
 )
 def test_every_bad_option_is_one_line(options, message):

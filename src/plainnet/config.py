@@ -159,7 +159,13 @@ def flag(name: str) -> str:
 
 
 def _check_field(f: dataclasses.Field, value: Any) -> None:
-    meta, name = f.metadata, flag(f.name)
+    meta, name, kind = f.metadata, flag(f.name), f.type.split(" | ")[0]
+    if value is None and not f.type.endswith("| None"):
+        raise UserError(f"{name} needs a value")
+    if kind == "str" and value is not None and not isinstance(value, str):
+        raise UserError(f"{name} must be a string, got {value!r}")
+    if kind == "bool" and not isinstance(value, bool):
+        raise UserError(f"{name} must be true or false, got {value!r}")
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise UserError(f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}")
     check = meta.get("check")
