@@ -23,9 +23,9 @@ from plainnet.models.fused import clip_member_grads_, fuse, member_cross_entropy
 from plainnet.recipe import (
     TrainStep,
     build_model_and_optimizer,
+    build_optimizer,
     param_groups,
     seed_everything,
-    share_lr,
     weight_decay,
 )
 from plainnet.schedules import ScheduledLR, lr_table, paper_schedule
@@ -216,10 +216,7 @@ class FusedPipeline(PlainnetPipeline):
             members.append(build_model(model_name, data.num_classes))
         layout = torch.channels_last if switches.channels_last else torch.contiguous_format
         self.model = fuse(members).to(device, memory_format=layout)
-        optimizer = torch.optim.SGD(
-            param_groups(self.model, weight_decay(cfg)), lr=0.0, momentum=cfg.momentum, fused=True
-        )
-        share_lr(optimizer, torch.zeros((), device=device))
+        optimizer = build_optimizer(self.model, cfg, device)
         self.mean, self.std = (torch.tensor(v, device=device) for v in (data.mean, data.std))
         loaders = [
             DeviceLoader(data.train_images, data.train_labels, batch_size=BATCH,

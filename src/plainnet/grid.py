@@ -150,8 +150,12 @@ class Run:
 
     @property
     def settings(self) -> dict:
-        """The run's options, an older run's completed with today's defaults."""
-        return upgrade(self.config.get("config", {}))
+        """The run's options, an older run's completed with today's defaults; only its model
+        and schedule (from summary.json) when it has no config.json."""
+        stored = self.config.get("config")
+        if not isinstance(stored, dict):
+            return {"model": self.model, "schedule": self.schedule}
+        return upgrade(stored)
 
     @property
     def resolved(self) -> dict:
@@ -192,9 +196,9 @@ def load_runs(out: str | Path) -> tuple[list[Run], list[tuple[str, str]]]:
     return runs, problems
 
 
-def config_key(run: Run) -> tuple:
-    """What must be equal for runs to be pooled: every option but the seed and bookkeeping."""
-    settings = run.settings or {"model": run.model, "schedule": run.schedule}
+def config_key(settings: dict) -> tuple:
+    """What must be equal for runs to be pooled (or trained together): every option of
+    ``settings`` but the seed and bookkeeping."""
     return tuple(sorted((k, repr(v)) for k, v in settings.items() if k not in BOOKKEEPING))
 
 
@@ -276,7 +280,7 @@ def cells(runs: Sequence[Run]) -> list[Cell]:
     """Runs grouped by their configuration but the seed, Plain-11 and ResNet-110 first."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        groups.setdefault(config_key(run), []).append(run)
+        groups.setdefault(config_key(run.settings), []).append(run)
     table = [Cell(k, sorted(v, key=lambda r: (r.seed is None, r.seed))) for k, v in groups.items()]
     by_row: dict[tuple, list[Cell]] = {}
     for cell in table:

@@ -30,7 +30,6 @@ from pathlib import Path
 from plainnet.config import TrainConfig
 from plainnet.errors import UserError
 from plainnet.grid import (
-    Run,
     RunSpec,
     check_unique,
     clear_stale_failure,
@@ -128,8 +127,7 @@ def group_jobs(jobs: Sequence[Job], size: int) -> list[list[Job]]:
     """Runs of one configuration but the seed (a cell's seeds), ``size`` at a time, in order."""
     by_config: dict[tuple, list[Job]] = {}
     for job in jobs:
-        key = config_key(Run(job[0].name, Path(), {}, {"config": job[1]}))
-        by_config.setdefault(key, []).append(job)
+        by_config.setdefault(config_key(job[1]), []).append(job)
     return [same[i : i + size] for same in by_config.values() for i in range(0, len(same), size)]
 
 

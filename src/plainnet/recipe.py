@@ -69,11 +69,16 @@ def build_model_and_optimizer(
     model = model.to(device)
     if switches.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model, build_optimizer(model, cfg, device)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.SGD:
+    """The recipe's fused SGD for ``model`` (any network with ``decayed_parameters``)."""
     optimizer = torch.optim.SGD(
         param_groups(model, weight_decay(cfg)), lr=0.0, momentum=cfg.momentum, fused=True
     )
     share_lr(optimizer, torch.zeros((), device=device))
-    return model, optimizer
+    return optimizer
 
 
 def share_lr(optimizer: torch.optim.Optimizer, lr: torch.Tensor) -> None:

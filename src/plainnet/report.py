@@ -19,7 +19,7 @@ from plainnet.grid import NICE, Cell, Run, cells, load_runs, number
 from plainnet.plots import plot_bars, plot_curves, plot_schedules
 from plainnet.schedules import SCHEDULES, paper_epochs, paper_schedule
 from plainnet.stats import mean_std
-from plainnet.tables import MISSING, fmt, format_table, write_csv, write_text
+from plainnet.tables import MISSING, error_text, fmt, format_table, write_csv, write_text
 
 PAPER_TABLE = {  # (model, schedule): CIFAR-100 test error %, mean of 3 (the lengths: PAPER)
     ("resnet110", "step"): 26.51,
@@ -45,15 +45,6 @@ def _state(run: Run) -> str:
     if run.summary.get("error"):
         text += f": {run.summary['error']}"
     return text
-
-
-def error_text(values: Sequence[float]) -> str:
-    """``mean ± std (n=k)`` of test errors in %, `MISSING` when there are none."""
-    if not values:
-        return MISSING
-    mean, std = mean_std(values)
-    spread = f" ± {std:.2f}" if math.isfinite(std) else ""
-    return f"{mean:.2f}{spread} (n={len(values)})"
 
 
 def table1_rows(table: Sequence[Cell]) -> list[dict]:

@@ -18,7 +18,7 @@ from plainnet.models import build_model, trainable_layers
 from plainnet.plots import plot_sweep
 from plainnet.run_dir import RunDir
 from plainnet.stats import mean_std
-from plainnet.tables import MISSING, fmt, format_table, write_csv, write_text
+from plainnet.tables import MISSING, error_text, fmt, format_table, write_csv, write_text
 
 PLAIN11_UNITS = (2, 3, 3, 1)  # conv units per block of Plain-11 (widths 64, 128, 256, 512)
 PLAIN_WIDTHS = (64, 128, 256, 512)
@@ -120,6 +120,7 @@ def sweep_rows(out: Path, specs: Sequence[RunSpec]) -> list[dict]:
                 "parameters": next((s.get("parameters") for s in done), None),
                 "test_error_mean": mean,
                 "test_error_std": std,
+                "error": error_text(errors),
                 "seeds": len(errors),
                 "seconds_per_epoch": mean_std(seconds)[0],
                 "status": ", ".join(sorted({str(s.get("status", "?")) for s in summaries})),
@@ -141,7 +142,7 @@ def write_sweep_report(
     body = [
         [
             r["family"], str(r["depth"]), f"{r['width_mult']:g}",
-            f"{r['parameters']:,}" if r["parameters"] else MISSING, error_cell(r),
+            f"{r['parameters']:,}" if r["parameters"] else MISSING, r["error"],
             fmt(r["seconds_per_epoch"], 1), r["status"],
             " ".join(f"[{n}]({n}/)" for n in r["runs"]),
         ]
@@ -174,14 +175,6 @@ def write_sweep_report(
     log(text)
     log(f"wrote {out / 'sweep.md'}, {out / 'sweep.csv'} and {out / 'sweep.png'}")
     return out / "sweep.md"
-
-
-def error_cell(row: dict) -> str:
-    if not row["seeds"]:
-        return MISSING
-    std = row["test_error_std"]
-    spread = f" ± {std:.2f}" if math.isfinite(std) else ""
-    return f"{row['test_error_mean']:.2f}{spread} (n={row['seeds']})"
 
 
 def sweep_series(rows: Sequence[dict]) -> list[tuple]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from plainnet.run_dir import atomic_write
+from plainnet.stats import mean_std
 
 MISSING = "–"
 
@@ -20,6 +21,15 @@ def fmt(value: float | None, digits: int = 2) -> str:
     if value is None or not math.isfinite(value):
         return MISSING
     return f"{value:.{digits}f}"
+
+
+def error_text(values: Sequence[float]) -> str:
+    """``mean ± std (n=k)`` of test errors in %, `MISSING` when there are none."""
+    if not values:
+        return MISSING
+    mean, std = mean_std(values)
+    spread = f" ± {std:.2f}" if math.isfinite(std) else ""
+    return f"{mean:.2f}{spread} (n={len(values)})"
 
 
 def escape(text: str) -> str:
