@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from plainnet.config import upgrade
+from plainnet.config import TrainConfig, upgrade
 from plainnet.data import load_dataset
 from plainnet.errors import UserError
 from plainnet.evaluate import load_model
@@ -38,8 +38,6 @@ def export_run(
     if out.exists() and out.resolve().parent != run.path.resolve():
         raise UserError(f"{out} exists: choose another --out (a file outside the run is kept)")
     classes, mean, std = data_facts(cfg, record)
-    from plainnet.config import TrainConfig
-
     model = load_model(weights, TrainConfig(**cfg), resolved["num_classes"], "cpu")
     summary = run.read_summary() if run.summary.exists() else {}
     meta = {
