@@ -1,5 +1,6 @@
-"""What benchmarks/throughput.py times: plainnet's training step, K of them at once (in turns on
-K streams, or fused into one grouped network), and the conventional PyTorch CIFAR loop.
+"""What benchmarks/throughput.py times: plainnet's training step, K runs one after the other or
+at once (in turns on K streams, or fused into one grouped network), and the conventional
+PyTorch CIFAR loop.
 
 Every plainnet pipeline steps `plainnet train`'s own loader and step (`DeviceLoader`,
 `TrainStep`, built by `plainnet.recipe`), through epochs with `TrainStep.steps`.
@@ -160,14 +161,35 @@ class PlainnetPipeline(Pipeline):
         float(logits.sum())
 
 
-class TogetherPipeline(Pipeline):
+class SequentialPipeline(Pipeline):
+    """K runs (seeds 0 .. K-1) trained one after the other: a repetition's ``n`` steps of the
+    first run, then the second's, and so on, on the default stream. The baseline that K runs
+    in one process must beat."""
+
+    kind = "one after another"
+
+    def __init__(self, model_name: str, data: ImageData, device: torch.device, cfg, k: int):
+        self.name, self.images_per_step, self.k = f"{self.kind} x{k}", k * BATCH, k
+        self.runs = [PlainnetPipeline(model_name, data, device, cfg, seed) for seed in range(k)]
+        self.model, self.switches = self.runs[0].model, self.runs[0].switches
+
+    def train_steps(self, n: int) -> None:
+        for run in self.runs:
+            run.train_steps(n)
+
+    def evaluate(self, n: int) -> None:
+        for run in self.runs:
+            run.evaluate(n)
+
+
+class TogetherPipeline(SequentialPipeline):
     """K runs (seeds 0 .. K-1) stepped in turns, as ``--runs-per-process K`` trains them: on
     CUDA each issues its steps on its own stream, so the GPU can overlap them."""
 
+    kind = "together"
+
     def __init__(self, model_name: str, data: ImageData, device: torch.device, cfg, k: int):
-        self.name, self.images_per_step = f"together x{k}", k * BATCH
-        self.runs = [PlainnetPipeline(model_name, data, device, cfg, seed) for seed in range(k)]
-        self.model, self.switches = self.runs[0].model, self.runs[0].switches
+        super().__init__(model_name, data, device, cfg, k)
         cuda = device.type == "cuda"
         self.streams = [torch.cuda.Stream(device) if cuda else None for _ in self.runs]
 
@@ -178,10 +200,6 @@ class TogetherPipeline(Pipeline):
                     run.advance(1)
         for run in self.runs:
             float(run.step.loss_sum)
-
-    def evaluate(self, n: int) -> None:
-        for run in self.runs:
-            run.evaluate(n)
 
 
 class StackedLoader:
@@ -208,7 +226,7 @@ class FusedPipeline(PlainnetPipeline):
     larger kernels, each member still its own run (per-member loss and clipping)."""
 
     def __init__(self, model_name: str, data: ImageData, device: torch.device, cfg, k: int):
-        self.name, self.images_per_step = f"fused x{k}", k * BATCH
+        self.name, self.images_per_step, self.k = f"fused x{k}", k * BATCH, k
         self.switches = switches = resolve_switches(cfg, device)
         members = []
         for seed in range(k):
