@@ -11,7 +11,8 @@
 #                                 150 s), with its profile (top kernels)
 #   k3.{txt,json}                 three runs in one process, both models: in turns on three
 #                                 streams (what --runs-per-process does) and fused into one
-#                                 grouped network, each against one run
+#                                 grouped network, each against the same three runs
+#                                 trained one after the other
 #   grouped_conv.{txt,json}       grouped against dense convolutions, every shape, K = 1..8
 #   resnet110_nchw.{txt,json}     ResNet-110's step without channels-last (its 16-channel layers)
 #   pytest.txt                    the GPU tests (pytest -m gpu), on the real CIFAR-10 JPEGs
@@ -79,7 +80,7 @@ bench=("$python" benchmarks/throughput.py)
 if [[ $device == cuda ]]; then
     plain=(--device cuda --steps 300 --reps 3 --models plain11)
     resnet=(--device cuda --steps 100 --reps 3 --models resnet110 --compile off)
-    k3=(--device cuda --steps 100 --reps 3 --models plain11,resnet110 --compile off)
+    k3=(--device cuda --steps 60 --reps 3 --warmup 10 --models plain11,resnet110 --compile off)
     gconv=(--device cuda --max-seconds 50)
 else  # the rehearsal: the same steps at tiny sizes
     tiny=(--device cpu --quick --train-images 1000 --test-images 200 --eval-images 200 --workers 1)
@@ -91,7 +92,7 @@ fi
 
 step plain11 100 "${bench[@]}" "${plain[@]}" --profile --json "$out/plain11.json"
 step resnet110 90 "${bench[@]}" "${resnet[@]}" --profile --json "$out/resnet110.json"
-step k3 110 "${bench[@]}" "${k3[@]}" --only plainnet --together 3 --fused 3 --json "$out/k3.json"
+step k3 130 "${bench[@]}" "${k3[@]}" --only plainnet --together 3 --fused 3 --json "$out/k3.json"
 step grouped_conv 70 "$python" benchmarks/grouped_conv.py "${gconv[@]}" --json "$out/grouped_conv.json"
 step resnet110_nchw 40 "${bench[@]}" "${resnet[@]}" --only plainnet --channels-last off \
     --json "$out/resnet110_nchw.json"
