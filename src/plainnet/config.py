@@ -247,8 +247,9 @@ def resolve_switches(
 ) -> Switches:
     """Turn the ``auto`` switches into choices that work and pay on ``device``.
 
-    On the CPU: channels-last alone (bf16 autocast and torch.compile measured slower on a
-    2-core AVX-512 CPU: docs/speed.md). On CUDA: bf16 autocast from compute capability 8.0,
+    On the CPU: channels-last alone (torch.compile measured no faster; bf16 autocast is
+    slower without bf16 arithmetic, and where faster it ended short runs less accurate:
+    docs/speed.md). On CUDA: bf16 autocast from compute capability 8.0,
     fp16 with a gradient scaler on 7.x (tensor cores without bf16), fp32 below; torch.compile
     where Triton supports the GPU (7.0 and up); the whole step as one CUDA graph in a single
     process (under torchrun the gradient all-reduce runs between the kernels). An explicit
@@ -280,7 +281,7 @@ def _resolve_amp(asked: str, cap: tuple[int, int] | None, why: dict) -> str:
     if asked != "auto":
         return asked
     if cap is None:
-        why["amp"] = "CPU: bf16 autocast measured slower"
+        why["amp"] = "CPU: fp32 (bf16 measured less accurate)"
         return "off"
     if cap >= (8, 0):
         why["amp"] = f"capability {cap[0]}.{cap[1]}: bf16"
