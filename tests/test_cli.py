@@ -69,6 +69,13 @@ def test_version_and_help_that_tells_the_truth(capsys):
     assert "--jobs-per-device JOBS_PER_DEVICE processes packed on each GPU (default: 1)" in (
         help_of(capsys, "reproduce")
     )
+    # An option without a default says nothing about one; one whose help names it, once.
+    evaluate = help_of(capsys, "evaluate")
+    assert "--output OUTPUT evaluation JSON (default: RUN_DIR/evaluation.json) the run:" in (
+        evaluate
+    )
+    for command in ("train", "lr-find", "evaluate", "export", "reproduce", "sweep", "report"):
+        assert "(default: None)" not in help_of(capsys, command), command
 
 
 def test_argparse_mistakes_are_one_line():

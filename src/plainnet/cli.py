@@ -27,11 +27,20 @@ LR_FIND_SKIPS = {"schedule", "scale", "epochs", "lr_min", "lr_max", "lr_decay", 
                  "tensorboard", "snapshots", "cuda_graphs"}  # fmt: skip
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, unless it has none or the help states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors and every option's default in its help."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpWithDefaults)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -71,7 +80,8 @@ def add_config_options(p: argparse.ArgumentParser, *, grid=False, skip=(), only=
         g = groups.get(meta["group"]) or p.add_argument_group(GROUPS[meta["group"]])
         groups[meta["group"]] = g
         default = "the run's" if only else f.default
-        help = meta["help"] + ("" if "default" in meta["help"] else f" (default: {default})")
+        stated = "default" in meta["help"] or default is None  # None: the help says what then
+        help = meta["help"] + ("" if stated else f" (default: {default})")
         kw: dict = {"default": argparse.SUPPRESS, "help": help.replace("%", "%%")}
         if f.type == "bool":
             kw["action"] = argparse.BooleanOptionalAction

@@ -64,14 +64,21 @@ class TrainConfig:
         group="data",
     )
     train_limit: int | None = _field(
-        None, "class-balanced training subset (images)", group="data", check="positive"
+        None,
+        "class-balanced training subset (images; default: all)",
+        group="data",
+        check="positive",
     )
     test_limit: int | None = _field(
-        None, "class-balanced test subset (images)", group="data", check="positive"
+        None, "class-balanced test subset (images; default: all)", group="data", check="positive"
     )
     scale: float = _field(1.0, "multiply every schedule length", group="recipe", check="positive")
     epochs: float | None = _field(
-        None, "run length in epochs (sets --scale)", group="recipe", check="positive", per_run=True
+        None,
+        "run length in epochs (sets --scale; default: the schedule's)",
+        group="recipe",
+        check="positive",
+        per_run=True,
     )
     batch_size: int = _field(100, "images per step", group="recipe", check="positive")
     lr_min: float | None = _field(
