@@ -139,9 +139,10 @@ def measure_model(model_name: str, data: ImageData, device: torch.device, args) 
             )
             for kind, rate in (("train", train_rate), ("eval", eval_rate))
         }
+    sequential = {p.k: p.name for p in pipes if type(p) is SequentialPipeline}
     for p in pipes:  # K runs at once against the same K runs one after the other
         if isinstance(p, (TogetherPipeline, FusedPipeline)):
-            baseline = train_rate[f"{SequentialPipeline.kind} x{p.k}"]
+            baseline = train_rate[sequential[p.k]]
             ratios = [a / b for a, b in zip(train_rate[p.name], baseline, strict=True)]
             result[p.name]["over_sequential"] = spread(ratios)
     if args.profile and pipes and isinstance(pipes[0], PlainnetPipeline):

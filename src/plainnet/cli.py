@@ -27,11 +27,17 @@ LR_FIND_SKIPS = {"schedule", "scale", "epochs", "lr_min", "lr_max", "lr_decay", 
                  "tensorboard", "snapshots", "cuda_graphs"}  # fmt: skip
 
 
+def shows_default(help: str | None, default: object) -> bool:
+    """Whether an option's help gets "(default: ...)": not when it has no default (its help
+    says what happens then) or its help states the default already."""
+    return default is not None and "default" not in (help or "")
+
+
 class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Each option's default after its help, unless it has none or the help states it."""
+    """Each option's default after its help, where `shows_default`."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or "default" in (action.help or ""):
+        if not shows_default(action.help, action.default):
             return action.help
         return super()._get_help_string(action)
 
@@ -80,8 +86,8 @@ def add_config_options(p: argparse.ArgumentParser, *, grid=False, skip=(), only=
         g = groups.get(meta["group"]) or p.add_argument_group(GROUPS[meta["group"]])
         groups[meta["group"]] = g
         default = "the run's" if only else f.default
-        stated = "default" in meta["help"] or default is None  # None: the help says what then
-        help = meta["help"] + ("" if stated else f" (default: {default})")
+        shown = shows_default(meta["help"], default)
+        help = meta["help"] + (f" (default: {default})" if shown else "")
         kw: dict = {"default": argparse.SUPPRESS, "help": help.replace("%", "%%")}
         if f.type == "bool":
             kw["action"] = argparse.BooleanOptionalAction
