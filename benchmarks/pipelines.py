@@ -1,14 +1,15 @@
 """What benchmarks/throughput.py times: plainnet's training step, K runs one after the other or
-at once (in turns on K streams, or fused into one grouped network), and the conventional
-PyTorch CIFAR loop.
+in turns on K streams in one process, and the conventional PyTorch CIFAR loop (the fused
+design lives in research/fused_pipeline.py).
 
-Every plainnet pipeline steps `plainnet train`'s own loader and step (`DeviceLoader`,
-`TrainStep`, built by `plainnet.recipe`), through epochs with `TrainStep.steps`.
+Every plainnet pipeline steps `plainnet train`'s own step, built by `plainnet.recipe.build_step`
+as `plainnet train` builds it, through epochs with `TrainStep.steps`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import torch
@@ -17,17 +18,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from plainnet.config import TrainConfig, resolve_switches
-from plainnet.data import DeviceLoader, ImageData, augment_batch, channel_stats, normalize
+from plainnet.data import ImageData, channel_stats
 from plainnet.evaluate import predict
 from plainnet.models import build_model
-from plainnet.models.fused import clip_member_grads_, fuse, member_cross_entropy, stack_inputs
 from plainnet.recipe import (
     TrainStep,
-    build_model_and_optimizer,
-    build_optimizer,
+    build_step,
     param_groups,
+    resolved_weight_decay,
     seed_everything,
-    weight_decay,
 )
 from plainnet.schedules import ScheduledLR, lr_table, paper_schedule
 
@@ -103,9 +102,9 @@ class Pipeline:
 
 
 class PlainnetPipeline(Pipeline):
-    """`plainnet train`'s loader and step, built as `plainnet train` builds them, stepped
-    through epochs with `TrainStep.steps`, the loop primitive `plainnet train` runs. A
-    ``loader`` and ``forward_loss``/``clip`` other than the recipe's make the fused pipeline."""
+    """`plainnet train`'s step for ``cfg`` (seed ``seed``), built by `build_step` as `plainnet
+    train` builds it, stepped through epochs with `TrainStep.steps`, the loop primitive
+    `plainnet train` runs, under the SGDR schedule."""
 
     name = "plainnet"
 
@@ -113,26 +112,17 @@ class PlainnetPipeline(Pipeline):
         self, model_name: str, data: ImageData, device: torch.device, cfg: TrainConfig,
         seed: int = 0,
     ):  # fmt: skip
+        cfg = dataclasses.replace(cfg, model=model_name, seed=seed, batch_size=BATCH)
         self.switches = resolve_switches(cfg, device)
-        seed_everything(seed)
-        self.model, optimizer = build_model_and_optimizer(
-            cfg, data.num_classes, device, self.switches
-        )
-        self.mean, self.std = (torch.tensor(v, device=device) for v in (data.mean, data.std))
-        loader = DeviceLoader(
-            data.train_images, data.train_labels, batch_size=BATCH, augment=cfg.augment,
-            seed=seed, device=device,
-        )  # fmt: skip
-        self._start(cfg, data, device, loader, optimizer)
-
-    def _start(self, cfg, data, device, loader, optimizer, **hooks) -> None:
         self.iters = len(data.train_labels) // BATCH
         schedule = paper_schedule("sgdr", self.iters, 1.0)
-        self.step = TrainStep(
-            self.model, optimizer, loader, lr_table(schedule, schedule.total_iters, device),
-            mean=self.mean, std=self.std, switches=self.switches, clip_norm=cfg.clip_norm,
-            **hooks,
-        )  # fmt: skip
+        rates = lr_table(schedule, schedule.total_iters, device)
+        self.start(build_step(cfg, data, device, self.switches, rates), data, device)
+
+    def start(self, step: TrainStep, data: ImageData, device: torch.device) -> None:
+        """Time ``step`` from the first batch of epoch 0 (also for the fused research step)."""
+        self.step, self.model = step, step.model
+        self.mean, self.std = step.mean, step.std
         self.device, self.epoch, self.position = device, 0, 0
         self.test_x = data.test_images.to(device)
         self.step.start_epoch(0, 0, 0)
@@ -202,79 +192,6 @@ class TogetherPipeline(SequentialPipeline):
             float(run.step.loss_sum)
 
 
-class StackedLoader:
-    """K `DeviceLoader`s (one per member and seed) as one: batches stacked, (K, B, ...)."""
-
-    def __init__(self, loaders: list[DeviceLoader]):
-        self.loaders, self.augment = loaders, loaders[0].augment
-        self.batch_size = sum(loader.batch_size for loader in loaders)
-
-    def __len__(self) -> int:
-        return len(self.loaders[0])
-
-    def start_epoch(self, epoch: int, first: int = 0) -> None:
-        for loader in self.loaders:
-            loader.start_epoch(epoch, first)
-
-    def next_batch(self) -> tuple[torch.Tensor, ...]:
-        parts = [loader.next_batch() for loader in self.loaders]
-        return tuple(torch.stack(t) for t in zip(*parts, strict=True))
-
-
-class FusedPipeline(PlainnetPipeline):
-    """K runs as one grouped network (horizontal fusion, `plainnet.models.fused`): K-times
-    larger kernels, each member still its own run (per-member loss and clipping)."""
-
-    def __init__(self, model_name: str, data: ImageData, device: torch.device, cfg, k: int):
-        self.name, self.images_per_step, self.k = f"fused x{k}", k * BATCH, k
-        self.switches = switches = resolve_switches(cfg, device)
-        members = []
-        for seed in range(k):
-            seed_everything(seed)
-            members.append(build_model(model_name, data.num_classes))
-        layout = torch.channels_last if switches.channels_last else torch.contiguous_format
-        self.model = fuse(members).to(device, memory_format=layout)
-        optimizer = build_optimizer(self.model, cfg, device)
-        self.mean, self.std = (torch.tensor(v, device=device) for v in (data.mean, data.std))
-        loaders = [
-            DeviceLoader(data.train_images, data.train_labels, batch_size=BATCH,
-                         augment=cfg.augment, seed=seed, device=device)
-            for seed in range(k)
-        ]  # fmt: skip
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self._start(
-            cfg, data, device, StackedLoader(loaders), optimizer,
-            forward_loss=self._forward_loss(k, cfg.augment, layout),
-            clip=lambda: clip_member_grads_(params, k, cfg.clip_norm),
-        )  # fmt: skip
-
-    def _forward_loss(self, k: int, augment: str, layout: torch.memory_format):
-        net, mean, std, dtype = self.model, self.mean, self.std, self.switches.amp_dtype
-
-        def forward_loss(images, labels, shifts, flips):  # each (K, B, ...)
-            x = augment_batch(
-                images.flatten(0, 1), augment, shifts.flatten(0, 1), flips.flatten(0, 1)
-            )
-            x = normalize(x, mean, std).unflatten(0, (k, -1))
-            with torch.autocast(
-                mean.device.type, dtype=dtype or torch.float32, enabled=bool(dtype)
-            ):
-                logits = net(stack_inputs(x, memory_format=layout))  # (B, K, classes)
-            losses = member_cross_entropy(logits.float(), labels)
-            return losses.sum(), (logits.argmax(2) != labels.t()).sum()
-
-        return forward_loss
-
-    def evaluate(self, n: int) -> None:
-        k = self.model.members
-        images = self.test_x[:n].unsqueeze(0).expand(k, -1, -1, -1, -1)
-        with torch.no_grad():
-            self.model.eval()
-            x = normalize(images.flatten(0, 1), self.mean, self.std).unflatten(0, (k, -1))
-            float(self.model(stack_inputs(x)).sum())
-            self.model.train()
-
-
 class ConventionalPipeline(Pipeline):
     """The loop most PyTorch CIFAR code runs: DataLoader workers, fp32, eager, ``.item()``."""
 
@@ -284,7 +201,7 @@ class ConventionalPipeline(Pipeline):
         seed_everything(0)
         self.model = build_model(model_name, data.num_classes).to(device)
         self.optimizer = torch.optim.SGD(
-            param_groups(self.model, weight_decay(TrainConfig(model=model_name))),
+            param_groups(self.model, resolved_weight_decay(TrainConfig(model=model_name))),
             lr=0.0,
             momentum=0.9,
         )

@@ -47,13 +47,13 @@ from pipelines import (
     EPOCH_IMAGES,
     ConventionalCIFAR,
     ConventionalPipeline,
-    FusedPipeline,
     Pipeline,
     PlainnetPipeline,
     SequentialPipeline,
     TogetherPipeline,
     synthetic_data,
 )
+from research.fused_pipeline import FusedPipeline
 
 from plainnet.config import AMP, SWITCH, TrainConfig, resolve_device
 from plainnet.data import ImageData, load_dataset

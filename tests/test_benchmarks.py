@@ -1,5 +1,5 @@
 """benchmarks/: the throughput benchmark end to end on the CPU, its conventional pipeline's
-preprocessing, its FLOP count, and the packing of the GPU check's inputs."""
+preprocessing and its FLOP count (the tools/ scripts: tests/test_tools.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from plainnet.data import augment_batch, load_dataset, normalize
+from plainnet.data import augment_batch, normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "throughput.py"
@@ -174,52 +172,6 @@ def test_training_flops_count_forward_and_backward():
     assert bench.training_flops("plain8|16", 100) == expected
 
 
-def _jpeg_folder(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 4), ("test", 2)):
-        for cls in ("cat", "dog"):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=90)
-
-
-def test_pack_gpu_inputs_round_trip(tmp_path, monkeypatch):
-    src = tmp_path / "jpegs"
-    _jpeg_folder(src)
-    archive = tmp_path / "out" / "cifar10-jpeg.tar.gz"
-    script = ROOT / "benchmarks" / "pack_gpu_inputs.sh"
-    result = subprocess.run(
-        ["bash", str(script), str(src), str(archive)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert "12 images" in result.stdout
-    with tarfile.open(archive) as tar:
-        names = sorted(m.name for m in tar.getmembers() if m.isfile())
-        assert all(m.uid == 0 and m.mtime == 0 for m in tar.getmembers())
-        tar.extractall(tmp_path / "unpacked", filter="data")
-    assert names[0] == "cifar10-jpeg/test/cat/0000.jpg" and len(names) == 12
-    monkeypatch.setenv("PLAINNET_CACHE", str(tmp_path / "cache"))
-    unpacked = load_dataset("folder", tmp_path / "unpacked" / "cifar10-jpeg")
-    original = load_dataset("folder", src)
-    assert torch.equal(unpacked.train_images, original.train_images)
-    assert unpacked.classes == ["cat", "dog"]
-
-    bad = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True)
-    assert bad.returncode == 2 and "no train/ and test/" in bad.stderr
-
-
-def test_gpu_check_script_is_valid_bash():
-    for name in ("gpu_check.sh", "gpu_runs.sh", "pack_gpu_inputs.sh"):
-        result = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / name)])
-        assert result.returncode == 0, name
-    usage = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True
-    )
-    assert usage.returncode == 2 and "usage" in usage.stderr
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_benchmark_on_cuda(tmp_path):
@@ -242,39 +194,19 @@ def test_benchmark_on_cuda(tmp_path):
 
 
 def test_k_runs_in_one_process_are_measured_against_k_runs_one_after_another(tmp_path):
-    """``--together K`` (K runs in turns, as --runs-per-process trains them) and ``--fused K``
-    (one grouped network) are timed in the same run as the same K runs trained one after the
-    other, and compared with them repetition by repetition."""
+    """``--together K`` (K runs in turns, as --runs-per-process trains them) is timed in the
+    same run as the same K runs trained one after the other, and compared with them repetition
+    by repetition."""
     out = tmp_path / "k.json"
     args = ["--device", "cpu", "--models", TINY, "--steps", "2", "--reps", "2", "--warmup", "1"]
     args += ["--train-images", "300", "--test-images", "200", "--eval-images", "200"]
-    result = run_bench(
-        *args, "--only", "plainnet", "--together", "2", "--fused", "2", "--json", str(out)
-    )
+    result = run_bench(*args, "--only", "plainnet", "--together", "2", "--json", str(out))
     assert result.returncode == 0, result.stderr
     m = json.loads(out.read_text())["models"][TINY]
-    kinds = {"plainnet", "one after another x2", "together x2", "fused x2"}
+    kinds = {"plainnet", "one after another x2", "together x2"}
     assert set(m) >= kinds and "conventional" not in m
     sequential = m["one after another x2"]["train_images_per_second"]["reps"]
-    for kind in ("together x2", "fused x2"):
-        ratios = m[kind]["over_sequential"]["reps"]
-        rates = m[kind]["train_images_per_second"]["reps"]
-        assert ratios == pytest.approx([a / b for a, b in zip(rates, sequential, strict=True)])
+    ratios = m["together x2"]["over_sequential"]["reps"]
+    rates = m["together x2"]["train_images_per_second"]["reps"]
+    assert ratios == pytest.approx([a / b for a, b in zip(rates, sequential, strict=True)])
     assert "x one after another" in result.stdout
-
-
-@pytest.mark.slow
-def test_gpu_check_rehearsal_runs_every_step(tmp_path):
-    """The GPU check's CPU rehearsal: every step runs and writes its figures."""
-    env = {**os.environ, "PLAINNET_GPU_CHECK_DEVICE": "cpu"}
-    script = ROOT / "benchmarks" / "gpu_check.sh"
-    result = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True,
-                            env=env, timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    status = (tmp_path / "status.txt").read_text()
-    for step in ("plain11", "resnet110", "k3", "grouped_conv", "resnet110_nchw", "pytest"):
-        assert f"   {step}: exit 0 after" in status, status
-    k3 = json.loads((tmp_path / "k3.json").read_text())["models"]
-    assert all({"together x3", "fused x3"} <= set(m) for m in k3.values())
-    work = json.loads((tmp_path / "plain11.json").read_text())["models"]
-    assert next(iter(work.values()))["host_work_per_step"]["host_ops"] > 0

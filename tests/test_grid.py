@@ -7,7 +7,7 @@ import json
 import pytest
 
 from plainnet.errors import UserError
-from plainnet.grid import RunSpec, check_unique, mark_failed, parse_shard, shard, to_run
+from plainnet.grid import RunSpec, check_unique, mark_failed, parse_shard, runs_to_train, shard
 from plainnet.reproduce import paper_grid
 from plainnet.run_dir import RunDir
 
@@ -20,9 +20,9 @@ def test_which_runs_are_run_again(tmp_path):
             (tmp_path / spec.name).mkdir()
             summary = {"status": status, "test_error": 30.0}
             (tmp_path / spec.name / "summary.json").write_text(json.dumps(summary))
-    names = [s.name for s in to_run(specs, tmp_path)]
+    names = [s.name for s in runs_to_train(specs, tmp_path)]
     assert names == [s.name for s in specs[2:]]  # not finished, not diverged
-    retry = [s.name for s in to_run(specs, tmp_path, retry_failed=True)]
+    retry = [s.name for s in runs_to_train(specs, tmp_path, retry_failed=True)]
     assert retry == [s.name for s in specs[1:]]
 
 

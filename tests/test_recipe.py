@@ -3,7 +3,7 @@
 It must make the updates of the conventional step (host-side batch slicing, a float rate set on
 the optimizer each iteration), never ask the device for a value inside a step, and keep every
 piece of its state in the same storage from step to step (what a captured CUDA graph needs).
-The ``cuda`` cases are marked ``gpu`` and run in benchmarks/gpu_check.sh.
+The ``cuda`` cases are marked ``gpu`` and run in tools/gpu_check.sh.
 """
 
 from __future__ import annotations

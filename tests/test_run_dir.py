@@ -19,7 +19,7 @@ import torch
 from plainnet import run_dir
 from plainnet.errors import UserError
 from plainnet.run_dir import RunDir, atomic_write, load_weights, read_json, read_metrics
-from plainnet.shapes import EVALUATION_SHAPE
+from plainnet.schemas import EVALUATION_SCHEMA
 
 try:
     import resource
@@ -277,12 +277,12 @@ def test_files_of_the_right_shape_read_back(tmp_path):
     run.write_metrics([{"epoch": 1, "lr": 0.1, "test_error": float("nan")}])
     assert run.read_metrics() == [{"epoch": 1, "lr": 0.1, "test_error": None}]
     (tmp_path / "evaluation.json").write_text('{"test_error": 5.0, "ensemble_test_error": null}')
-    assert read_json(tmp_path / "evaluation.json", EVALUATION_SHAPE)["test_error"] == 5.0
+    assert read_json(tmp_path / "evaluation.json", EVALUATION_SCHEMA)["test_error"] == 5.0
     (tmp_path / "any.json").write_text("[1]")
     assert read_json(tmp_path / "any.json") == [1]  # no shape: any JSON, as before
     with pytest.raises(UserError, match=r'evaluation\.json: "test_error" should be a number, '):
         (tmp_path / "evaluation.json").write_text('{"test_error": null}')
-        read_json(tmp_path / "evaluation.json", EVALUATION_SHAPE)
+        read_json(tmp_path / "evaluation.json", EVALUATION_SCHEMA)
 
 
 # ---- the lock without fcntl (Windows) ----

@@ -498,7 +498,7 @@ def test_header_and_closing_lines(tiny_cifar10, tmp_path):
     )
 
 
-def test_a_checkpoint_written_before_the_redesign_still_resumes(tiny_cifar10, tmp_path):
+def test_a_checkpoint_in_the_older_layout_still_resumes(tiny_cifar10, tmp_path):
     """Runs made by the plainnet before this layout: foreach SGD with a float rate in the
     optimizer's state, no identity in the checkpoint, ``amp: on`` and no ``eval_precision``
     or ``lr_decay`` in config.json. They resume, and finish as an uninterrupted run does."""

@@ -53,7 +53,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"plainnet: error: {message} (see {self.prog} --help)\n")
 
 
-def number(kind: type):
+def number_parser(kind: type):
     def parse(text: str):
         try:
             return kind(text)
@@ -65,9 +65,9 @@ def number(kind: type):
     return parse
 
 
-def positive(kind: type):
+def positive_parser(kind: type):
     def parse(text: str):
-        value = number(kind)(text)
+        value = number_parser(kind)(text)
         if not (value > 0 and value != float("inf")):
             raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
         return value
@@ -93,7 +93,7 @@ def add_config_options(p: argparse.ArgumentParser, *, grid=False, skip=(), only=
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
-            kw.update(type=number(kind) if kind is not str else str, metavar=f.name.upper())
+            kw.update(type=number_parser(kind) if kind is not str else str, metavar=f.name.upper())
             if meta["choices"]:
                 kw.update(choices=meta["choices"], metavar=None)
         g.add_argument(flag(f.name), **kw)
@@ -306,18 +306,22 @@ def add_run_commands(command) -> None:
                 cmd_lr_find)  # fmt: skip
     p.add_argument("--out", required=True, help="folder for lr_find.json and lr_find.png")
     g = p.add_argument_group("range test")
-    g.add_argument("--start-lr", type=positive(float), default=1e-6, help="first rate")
-    g.add_argument("--end-lr", type=positive(float), default=10.0, help="last rate")
-    g.add_argument("--iters", type=positive(int), default=200, help="iterations of the ramp")
-    g.add_argument("--beta", type=number(float), default=0.9, help="loss smoothing (EMA factor)")
-    g.add_argument("--diverge", type=positive(float), default=4.0, help="stop at this x best")
+    g.add_argument("--start-lr", type=positive_parser(float), default=1e-6, help="first rate")
+    g.add_argument("--end-lr", type=positive_parser(float), default=10.0, help="last rate")
+    g.add_argument("--iters", type=positive_parser(int), default=200, help="iterations of the ramp")
+    g.add_argument(
+        "--beta", type=number_parser(float), default=0.9, help="loss smoothing (EMA factor)"
+    )
+    g.add_argument(
+        "--diverge", type=positive_parser(float), default=4.0, help="stop at this x best"
+    )
     add_config_options(p, skip=LR_FIND_SKIPS)
 
     p = command("evaluate", "test error per class, CIFAR-100 superclasses, snapshot ensemble",
                 cmd_evaluate)  # fmt: skip
     p.add_argument("path", help="a run directory, a checkpoint (.pt) or an export (.safetensors)")
     p.add_argument("--ensemble", action="store_true", help="also the mean of the run's snapshots")
-    p.add_argument("--last", type=positive(int), help="ensemble only the last N snapshots")
+    p.add_argument("--last", type=positive_parser(int), help="ensemble only the last N snapshots")
     p.add_argument("--output", help="evaluation JSON (default: RUN_DIR/evaluation.json)")
     add_config_options(p, only={"model", "width_mult", "dataset", "data_dir", "test_limit",
                                 "device", "eval_batch_size", "eval_precision"})  # fmt: skip
@@ -326,7 +330,7 @@ def add_run_commands(command) -> None:
                 cmd_export)  # fmt: skip
     p.add_argument("run", help="the run directory")
     p.add_argument("--out", help="the file (default: RUN/model.safetensors)")
-    p.add_argument("--snapshot", type=positive(int), metavar="ITERATION",
+    p.add_argument("--snapshot", type=positive_parser(int), metavar="ITERATION",
                    help="a cycle-end snapshot's weights (its iteration) instead of the final ones")  # fmt: skip
 
 
@@ -339,7 +343,9 @@ def add_grid_commands(command) -> None:
                 cmd_reproduce)  # fmt: skip
     p.add_argument("--models", nargs="+", default=["plain11", "resnet110"], help="any --model")
     p.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=SCHEDULES)
-    p.add_argument("--seeds", nargs="+", type=number(int), help="default 0 1 2 (0 with --quick)")
+    p.add_argument(
+        "--seeds", nargs="+", type=number_parser(int), help="default 0 1 2 (0 with --quick)"
+    )
     p.add_argument("--variant", default="paper", choices=list(VARIANTS),
                    help="paper: the paper's global decay (CLR only); delta4: also step and "
                    "SGDR with delta = 4, as the authors' code of the time did")  # fmt: skip
@@ -352,21 +358,23 @@ def add_grid_commands(command) -> None:
     p.add_argument("dir", help="the --out of reproduce")
 
     p = command("sweep", "test error and time against depth and width", cmd_sweep)
-    p.add_argument("--depths", nargs="+", type=number(int), default=[6, 8, 11, 14, 20],
+    p.add_argument("--depths", nargs="+", type=number_parser(int), default=[6, 8, 11, 14, 20],
                    help="plain depths (>= 6)")  # fmt: skip
-    p.add_argument("--widths", nargs="+", type=positive(float), default=[0.5, 1.0],
+    p.add_argument("--widths", nargs="+", type=positive_parser(float), default=[0.5, 1.0],
                    help="width multipliers")  # fmt: skip
-    p.add_argument("--resnet-depths", nargs="+", type=number(int), default=[20, 56, 110],
+    p.add_argument("--resnet-depths", nargs="+", type=number_parser(int), default=[20, 56, 110],
                    help="6n+2")  # fmt: skip
     p.add_argument("--schedule", default="sgdr", choices=SCHEDULES)
-    p.add_argument("--seeds", nargs="+", type=number(int), default=[0])
+    p.add_argument("--seeds", nargs="+", type=number_parser(int), default=[0])
     add_grid_options(p)
     add_config_options(p, grid=True)
 
     p = command("schedules", "print the paper's three schedules, draw Fig. 2", cmd_schedules)
     p.add_argument("-o", "--output", metavar="FILE.png", help="draw Fig. 2 to this file")
-    p.add_argument("--iters-per-epoch", type=positive(int), default=500)
-    p.add_argument("--scale", type=positive(float), default=1.0, help="multiply every length")
+    p.add_argument("--iters-per-epoch", type=positive_parser(int), default=500)
+    p.add_argument(
+        "--scale", type=positive_parser(float), default=1.0, help="multiply every length"
+    )
 
 
 def add_grid_options(p: argparse.ArgumentParser) -> None:
@@ -375,9 +383,9 @@ def add_grid_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("running the grid")
     g.add_argument("--out", required=True, help="grid directory: one run directory per run")
-    g.add_argument("--jobs-per-device", type=positive(int), default=1,
+    g.add_argument("--jobs-per-device", type=positive_parser(int), default=1,
                    help="processes packed on each GPU")  # fmt: skip
-    g.add_argument("--runs-per-process", type=positive(int), default=1,
+    g.add_argument("--runs-per-process", type=positive_parser(int), default=1,
                    help="seeds of one configuration trained together in one process")  # fmt: skip
     g.add_argument("--shard", metavar="I/N", help="run only part I of N (1-based) of the grid")
     g.add_argument("--retry-failed", action="store_true",
@@ -386,7 +394,7 @@ def add_grid_options(p: argparse.ArgumentParser) -> None:
                    help="process: child processes here; local/slurm: a submitit job array")  # fmt: skip
     defaults = SlurmOptions()
     for f in dataclasses.fields(SlurmOptions):
-        kind = number(int) if f.type == "int" else None
+        kind = number_parser(int) if f.type == "int" else None
         g.add_argument(f"--slurm-{f.name.replace('_', '-')}", type=kind,
                        default=getattr(defaults, f.name))  # fmt: skip
 

@@ -21,7 +21,7 @@ from plainnet.config import upgrade
 from plainnet.errors import UserError
 from plainnet.run_dir import RunDir, read_json
 from plainnet.schedules import SCHEDULES
-from plainnet.shapes import EVALUATION_SHAPE
+from plainnet.schemas import EVALUATION_SCHEMA
 
 NOT_RUNS = ("logs", "figures", "submitit")  # folders of a grid that are not runs
 # Options that say where files go or how often they are written, not what is computed.
@@ -96,7 +96,9 @@ def run_status(path: Path) -> str:
         return "unreadable"
 
 
-def to_run(specs: Sequence[RunSpec], out: Path, *, retry_failed: bool = False) -> list[RunSpec]:
+def runs_to_train(
+    specs: Sequence[RunSpec], out: Path, *, retry_failed: bool = False
+) -> list[RunSpec]:
     """The specs still to train: not finished, and not diverged (unless ``retry_failed``)."""
     skip = {"finished"} if retry_failed else {"finished", "diverged"}
     return [s for s in specs if run_status(out / s.name) not in skip]
@@ -188,7 +190,7 @@ def load_runs(out: str | Path) -> tuple[list[Run], list[tuple[str, str]]]:
         evaluation = {}
         if (path / "evaluation.json").exists():
             try:
-                evaluation = read_json(path / "evaluation.json", EVALUATION_SHAPE)
+                evaluation = read_json(path / "evaluation.json", EVALUATION_SCHEMA)
             except UserError as err:
                 problems.append((path.name, f"evaluation ignored: {err}"))
                 evaluation = {}
@@ -211,7 +213,7 @@ def differences(keys: Sequence[tuple]) -> list[str]:
     return sorted(name for name, vals in values.items() if len(vals) > 1)
 
 
-def number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     """A finite number from a JSON value, else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -240,22 +242,26 @@ class Cell:
 
     @property
     def errors(self) -> list[float]:
-        values = (number(r.summary.get("test_error")) for r in self.finished)
+        values = (finite_number(r.summary.get("test_error")) for r in self.finished)
         return [v for v in values if v is not None]
 
     @property
     def seconds(self) -> list[float]:
-        values = (number(r.summary.get("mean_train_seconds")) for r in self.finished or self.runs)
+        values = (
+            finite_number(r.summary.get("mean_train_seconds")) for r in self.finished or self.runs
+        )
         return [v for v in values if v is not None]
 
     @property
     def ensemble_errors(self) -> list[float]:
-        values = (number(r.evaluation.get("ensemble_test_error")) for r in self.finished)
+        values = (finite_number(r.evaluation.get("ensemble_test_error")) for r in self.finished)
         return [v for v in values if v is not None]
 
     @property
     def epochs(self) -> int | None:
-        return max((int(number(r.summary.get("epochs")) or 0) for r in self.runs), default=None)
+        return max(
+            (int(finite_number(r.summary.get("epochs")) or 0) for r in self.runs), default=None
+        )
 
     @property
     def label(self) -> str:

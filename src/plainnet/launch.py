@@ -37,8 +37,8 @@ from plainnet.grid import (
     mark_failed,
     parse_shard,
     run_status,
+    runs_to_train,
     shard,
-    to_run,
 )
 from plainnet.run_dir import RunDir, make_folder, open_for_writing
 from plainnet.runtime import StopRequest, duration
@@ -105,7 +105,7 @@ def run_grid(
     with RunDir(out).locked():  # one runner per grid directory
         if command:
             record_command(out / "commands.txt", command)
-        todo = {s.name for s in to_run(specs, out, retry_failed=runner.retry_failed)}
+        todo = {s.name for s in runs_to_train(specs, out, retry_failed=runner.retry_failed)}
         log(f"{out}: {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to run")
         groups = group_jobs([j for j in jobs if j[0].name in todo], runner.runs_per_process)
         if not groups:
@@ -181,7 +181,7 @@ def run_processes(
                 logfile.close()
                 free.append(slot)
                 for spec, _ in group:
-                    done[spec.name] = finish(proc.returncode, out, spec, log)
+                    done[spec.name] = record_exit(proc.returncode, out, spec, log)
     if stop.signal is not None:
         log(f"stopped: the runs started have checkpointed; {len(queue)} group(s) not started")
         raise KeyboardInterrupt
@@ -226,7 +226,7 @@ def eta(done: dict, total: int, t0: float) -> str:
     return f", grid ETA {duration(per_run * (total - len(done)))}"
 
 
-def finish(returncode: int, out: Path, spec: RunSpec, log: Log) -> str:
+def record_exit(returncode: int, out: Path, spec: RunSpec, log: Log) -> str:
     """A child has ended: record a crash, report the run's status in one line."""
     run = out / spec.name
     logfile = out / "logs" / f"{spec.name}.log"

@@ -23,14 +23,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from plainnet.config import TrainConfig, resolve_device, resolve_switches
-from plainnet.data import DeviceLoader, ImageData, load_dataset
+from plainnet.data import ImageData, load_dataset
 from plainnet.errors import UserError
 from plainnet.plots import plot_lr_find
 from plainnet.provenance import environment
-from plainnet.recipe import TrainStep, build_model_and_optimizer, seed_everything
+from plainnet.recipe import TrainStep, build_step
 from plainnet.run_dir import write_json
 from plainnet.schedules import lr_table
 
@@ -177,18 +175,8 @@ def ramp_step(cfg: TrainConfig, data: ImageData, device, ramp: ExponentialRamp) 
         raise UserError(
             f"{len(data.train_labels)} training images are fewer than one batch of {cfg.batch_size}"
         )
-    switches = resolve_switches(cfg, device)
-    seed_everything(cfg.seed)
-    model, optimizer = build_model_and_optimizer(cfg, data.num_classes, device, switches)
-    loader = DeviceLoader(
-        data.train_images, data.train_labels, batch_size=cfg.batch_size, augment=cfg.augment,
-        seed=cfg.seed, device=device,
-    )  # fmt: skip
-    mean, std = (torch.tensor(v, device=device) for v in (data.mean, data.std))
-    return TrainStep(
-        model, optimizer, loader, lr_table(ramp, ramp.iters, device), mean=mean, std=std,
-        switches=switches, clip_norm=cfg.clip_norm,
-    )  # fmt: skip
+    rates = lr_table(ramp, ramp.iters, device)
+    return build_step(cfg, data, device, resolve_switches(cfg, device), rates)
 
 
 def run_ramp(step: TrainStep, ramp: ExponentialRamp, beta: float, diverge: float):

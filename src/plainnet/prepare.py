@@ -1,50 +1,57 @@
 """Everything a run needs before its first step, and nothing written until all of it holds:
-the run directory checked against the configuration, the data on the device, the model, the
-optimizer and the step built and tried, the checkpoint checked against the run and loaded."""
+the run directory checked against the configuration (`check_run_dir`), the data on the device,
+the model, the optimizer and the step built and tried (`set_up`, giving the `RunState`), the
+checkpoint checked against the run and loaded (`restore`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from plainnet import distributed
 from plainnet.config import Switches, TrainConfig, resolve_switches, upgrade
-from plainnet.data import DeviceLoader, ImageData, load_dataset
+from plainnet.data import ImageData, load_dataset
 from plainnet.errors import UserError
 from plainnet.evaluate import default_eval_batch_size
 from plainnet.models import build_model, count_parameters
 from plainnet.provenance import environment
-from plainnet.recipe import TrainStep, build_model_and_optimizer, seed_everything, share_lr
-from plainnet.run_dir import RunDir
-from plainnet.runtime import capture_rng, restore_rng
-from plainnet.schedules import Schedule, lr_table, paper_schedule
+from plainnet.recipe import (
+    NO_SUMS,
+    EpochSums,
+    TrainStep,
+    batch_sizes,
+    build_step,
+    schedule_for,
+    share_lr,
+)
+from plainnet.run_dir import RunDir, dumps
+from plainnet.runtime import restore_rng
+from plainnet.schedules import Schedule, lr_table
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "step", "history")
 
 
 @dataclass
-class Setup:
-    """The built objects of one run (rank 0 alone holds the test set and writes the files)."""
+class RunState:
+    """One run, built and ready for its first (or next) step: the configuration and where it
+    runs, the step (which holds the model, its optimizer and the training data), the schedule,
+    the test set (rank 0 alone holds it and writes the files) and ``config.json``'s record."""
 
     cfg: TrainConfig
     run: RunDir
     world: distributed.World
     switches: Switches
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
     step: TrainStep
     schedule: Schedule
     test_images: torch.Tensor | None
     test_labels: torch.Tensor | None
-    mean: torch.Tensor
-    std: torch.Tensor
     iters_per_epoch: int
     epochs: int
     snapshot_at: frozenset[int]
@@ -54,6 +61,9 @@ class Setup:
     writer: object | None = None  # TensorBoard's SummaryWriter with --tensorboard
     told: set = dataclasses.field(default_factory=set)  # notes already logged once
 
+    model = property(lambda self: self.step.model)
+    optimizer = property(lambda self: self.step.optimizer)
+
     @property
     def total_iters(self) -> int:
         return self.schedule.total_iters
@@ -62,22 +72,17 @@ class Setup:
         """Steps in ``epoch`` (the last epoch of a shortened schedule may be partial)."""
         return min(self.iters_per_epoch, self.total_iters - epoch * self.iters_per_epoch)
 
-    def checkpoint(self, history: list[dict], epoch: int, step: int, partial: dict | None):
-        """Everything to continue exactly: ``epoch`` and ``step`` is the next position."""
-        if self.world.is_main:
-            self.run.save_checkpoint(
-                {
-                    "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": {"t": epoch * self.iters_per_epoch + step},
-                    "rng": capture_rng(),
-                    "epoch": epoch,
-                    "step": step,
-                    "partial": partial,
-                    "history": history,
-                    "identity": self.record["identity"],
-                }
-            )
+
+@dataclass
+class Position:
+    """Where a run goes on: the epochs done (``history``), the next ``epoch`` and ``step`` in
+    it, and the sums and seconds of that epoch's steps already done (a mid-epoch stop)."""
+
+    history: list[dict]
+    epoch: int = 0
+    step: int = 0
+    sums: EpochSums = NO_SUMS
+    seconds: float = 0.0
 
 
 def check_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, log: Callable) -> dict | None:
@@ -112,7 +117,7 @@ def set_up(
     world: distributed.World,
     data: ImageData | None,
     log: Callable[[str], None],
-) -> Setup:
+) -> RunState:
     """Build the run; raise `UserError` for anything that cannot work, before any write."""
     switches = resolve_switches(cfg, device, distributed=world.distributed)
     if cfg.tensorboard and world.is_main:
@@ -121,7 +126,7 @@ def set_up(
         log(f"loading {cfg.dataset}" + (f" from {cfg.data_dir}" if cfg.data_dir else ""))
         data = load_dataset(cfg.dataset, cfg.data_dir, log=log)
     data = data.subset(cfg.train_limit, cfg.test_limit)
-    global_batch = cfg.batch_size * (world.size if cfg.scale_batch else 1)
+    global_batch, local_batch = batch_sizes(cfg, world)
     if global_batch % world.size:
         raise UserError(
             f"batch size {global_batch} does not split over {world.size} processes; "
@@ -132,46 +137,25 @@ def set_up(
         raise UserError(
             f"{len(data.train_labels)} training images are fewer than one batch of {global_batch}"
         )
-    local_batch = global_batch // world.size
     try_model(cfg, data, local_batch)
-    schedule = paper_schedule(
-        cfg.schedule, iters_per_epoch, cfg.effective_scale, epochwise_sgdr=cfg.epochwise_sgdr,
-        lr_min=cfg.lr_min, lr_max=cfg.lr_max, delta=cfg.lr_decay,
-    )  # fmt: skip
-    seed_everything(cfg.seed)
-    model, optimizer = allocate(cfg, data.num_classes, device, switches, world)
-    net: nn.Module = model
-    if world.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    shard = slice(world.rank, None, world.size)
-    loader = DeviceLoader(
-        data.train_images[shard], data.train_labels[shard], batch_size=local_batch,
-        augment=cfg.augment, seed=cfg.seed, rank=world.rank, device=device,
-    )  # fmt: skip
-    lr_scale = world.size if (world.distributed and cfg.scale_batch) else 1.0
-    rates = lr_table(schedule, schedule.total_iters, device, lr_scale)
-    mean, std = (torch.tensor(v, device=device) for v in (data.mean, data.std))
-    step = TrainStep(
-        net, optimizer, loader, rates, mean=mean, std=std, switches=switches,
-        clip_norm=cfg.clip_norm,
-    )  # fmt: skip
+    schedule = schedule_for(cfg, iters_per_epoch, world.size)
+    rates = lr_table(schedule, schedule.total_iters, device)
+    step = build_step(cfg, data, device, switches, rates, world=world)
     snapshot_at = frozenset()
     if cfg.snapshots and schedule.name != "step":
         # Snapshots keep the weights where each cycle ends, at the rate's minimum.
         snapshot_at = frozenset(round(b * iters_per_epoch) for b in schedule.boundaries)
     eval_batch = cfg.eval_batch_size or default_eval_batch_size(device)
     epochs = math.ceil(schedule.total_iters / iters_per_epoch)
-    record = config_record(cfg, data, device, world, switches, schedule, optimizer, eval_batch)
+    record = config_record(cfg, data, device, world, switches, schedule, step, eval_batch)
     test = [t.to(device) for t in (data.test_images, data.test_labels)] if world.is_main else []
-    return Setup(
-        cfg, run, world, switches, model, optimizer, step, schedule, *(test or [None, None]),
-        mean, std, iters_per_epoch, epochs, snapshot_at, eval_batch, count_parameters(model),
-        record,
+    return RunState(
+        cfg, run, world, switches, step, schedule, *(test or [None, None]), iters_per_epoch,
+        epochs, snapshot_at, eval_batch, count_parameters(step.model), record,
     )  # fmt: skip
 
 
-def config_record(cfg, data, device, world, switches, schedule, optimizer, eval_batch) -> dict:
+def config_record(cfg, data, device, world, switches, schedule, step, eval_batch) -> dict:
     """``config.json``: the options, what they resolved to here, the data's and the model's
     identity, where the run ran and the command."""
     ipe = schedule.iters_per_epoch
@@ -179,11 +163,11 @@ def config_record(cfg, data, device, world, switches, schedule, optimizer, eval_
         "config": dataclasses.asdict(cfg),
         "resolved": {
             **switches.record(), "device": str(device),
-            "weight_decay": optimizer.param_groups[0]["weight_decay"],
+            "weight_decay": step.optimizer.param_groups[0]["weight_decay"],
             "lr_decay": schedule.delta, "iters_per_epoch": ipe,
             "total_iters": schedule.total_iters,
             "epochs": math.ceil(schedule.total_iters / ipe), "schedule_epochs": schedule.epochs,
-            "global_batch": cfg.batch_size * (world.size if cfg.scale_batch else 1),
+            "global_batch": batch_sizes(cfg, world)[0], "lr_scale": schedule.lr_scale,
             "eval_batch_size": eval_batch,
             "world_size": world.size, "train_images": len(data.train_labels),
             "test_images": len(data.test_labels), "num_classes": data.num_classes,
@@ -222,23 +206,6 @@ def try_model(cfg: TrainConfig, data: ImageData, batch: int) -> None:
         ) from None
 
 
-def allocate(cfg, num_classes, device, switches, world) -> tuple[nn.Module, torch.optim.SGD]:
-    """The model and optimizer on the device; running out of memory is one line."""
-    try:
-        return build_model_and_optimizer(
-            cfg, num_classes, device, switches, sync_bn=world.distributed and cfg.sync_bn
-        )
-    except (torch.OutOfMemoryError, RuntimeError) as err:
-        if "memory" not in str(err).lower():
-            raise
-        with torch.device("meta"):
-            n = count_parameters(build_model(cfg.model, num_classes, width_mult=cfg.width_mult))
-        raise UserError(
-            f"{cfg.model} (width x{cfg.width_mult:g}, {n:,} parameters) does not fit in the "
-            f"memory of {device}: choose a smaller model or --width-mult"
-        ) from None
-
-
 def identity(cfg: TrainConfig, data: ImageData) -> dict:
     """What a checkpoint must match to continue: the model and the exact data it trained on
     (a fingerprint of the images and labels of both splits, after any subset)."""
@@ -259,24 +226,53 @@ def identity(cfg: TrainConfig, data: ImageData) -> dict:
     }
 
 
-def restore(s: Setup, log: Callable[[str], None]) -> tuple[list[dict], int, int, dict | None]:
-    """Load the checkpoint, if the run has one, after checking that it belongs to this run:
-    (history, epoch, step, partial sums), or a fresh start."""
+def restore(s: RunState, log: Callable[[str], None]) -> Position:
+    """Load the checkpoint, if the run has one, after checking that it belongs to this run, and
+    say where the run goes on; a fresh run starts at the beginning. ``metrics.jsonl`` is made
+    to hold exactly the checkpoint's epochs (`match_metrics`)."""
     stored = s.run.read_config() if s.run.config.exists() else None
     state = s.run.load_checkpoint() if stored is not None else None
     if state is None:
-        return [], 0, 0, None
+        return Position([])
     check_checkpoint(s, stored, state)
     s.model.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
     share_lr(s.optimizer, s.step.lr)
     restore_rng(state["rng"])
-    epoch, step = int(state["epoch"]), int(state["step"])
-    log(f"resuming {s.run.path} at epoch {epoch + 1}, step {step}")
-    return list(state["history"]), epoch, step, state.get("partial")
+    partial = state.get("partial") or {}
+    at = Position(
+        list(state["history"]), int(state["epoch"]), int(state["step"]),
+        EpochSums(*partial.get("sums", ())), float(partial.get("seconds", 0.0)),
+    )  # fmt: skip
+    if s.world.is_main:
+        match_metrics(s.run, at.history, log)
+    if at.epoch >= s.epochs:
+        log(f"resuming {s.run.path}: all {s.epochs} epochs are done")
+    else:
+        log(f"resuming {s.run.path} at epoch {at.epoch + 1}/{s.epochs}, step {at.step}")
+    return at
 
 
-def check_checkpoint(s: Setup, stored: dict, state: object) -> None:
+def match_metrics(run: RunDir, history: list[dict], log: Callable[[str], None]) -> None:
+    """Rewrite ``metrics.jsonl`` from the checkpoint's history where the two differ (a damaged
+    line, missing or extra epochs), and say so: the report reads the file, and a run whose
+    file cannot be read would be lost from it."""
+    expected = [json.loads(dumps(row)) for row in history]  # as the file stores them
+    try:
+        found, why = run.read_metrics(), None
+    except UserError as err:
+        found, why = None, str(err)
+    if found == expected:
+        return
+    if why is None and len(found) != len(expected):
+        why = f"{run.metrics} holds {len(found)} epochs, the checkpoint {len(expected)}"
+    elif why is None:
+        why = f"{run.metrics} differs from the checkpoint's record of its epochs"
+    run.write_metrics(history)
+    log(f"note: {why}; rewrote it from the checkpoint's {len(history)} epochs")
+
+
+def check_checkpoint(s: RunState, stored: dict, state: object) -> None:
     """One line for a checkpoint that is not this run's: another model, other data, or not a
     plainnet checkpoint at all. Old checkpoints carry no identity: config.json's record of the
     data and the weights' names and shapes stand in for it."""
@@ -307,41 +303,3 @@ def check_checkpoint(s: Setup, stored: dict, state: object) -> None:
         raise UserError(
             f"{where}: the weights do not fit {s.cfg.model} (first mismatch: {wrong[0]})"
         )
-
-
-def header(s: Setup) -> str:
-    """The run in one line: model, data, schedule and length, device and switches, where."""
-    r, w = s.record["resolved"], s.switches
-    on = [n for n, v in (("channels-last", w.channels_last), ("compile", w.compile),
-                         ("CUDA graphs", w.cuda_graphs)) if v]  # fmt: skip
-    return (
-        f"{s.cfg.model} ({s.parameters:,} parameters), {r['dataset']} ({r['train_images']:,} "
-        f"train / {r['test_images']:,} test images, {r['num_classes']} classes), "
-        f"{s.cfg.schedule} for {r['epochs']} epochs = {r['total_iters']:,} steps of "
-        f"{r['global_batch']}, on {s.record['environment']['device_name']} "
-        f"(amp {w.amp}{', ' if on else ''}{', '.join(on)}) -> {s.run.path}"
-    )
-
-
-def summary_of(cfg: TrainConfig, history: list[dict], parameters: int, status: str, epochs: int):
-    """The run's result: the FINAL epoch's test error (never the best; the best is shown only)."""
-    last = history[-1] if history else {}
-    best = min(history, key=lambda r: r["test_error"]) if history else {}
-    seconds = [r["train_seconds"] for r in history]
-    # The first epoch carries compilation and autotuning: leave it out where others exist.
-    timed = seconds[1:] if len(seconds) > 1 else seconds
-    return {
-        "status": status,
-        "model": cfg.model,
-        "schedule": cfg.schedule,
-        "seed": cfg.seed,
-        "epochs": epochs,
-        "epochs_done": len(history),
-        "test_error": last.get("test_error"),
-        "test_loss": last.get("test_loss"),
-        "train_error": last.get("train_error"),
-        "best_test_error": best.get("test_error"),
-        "best_epoch": best.get("epoch"),
-        "mean_train_seconds": sum(timed) / len(timed) if timed else None,
-        "parameters": parameters,
-    }

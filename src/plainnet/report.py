@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from plainnet.claims import claims, variants
-from plainnet.grid import NICE, Cell, Run, cells, load_runs, number
+from plainnet.grid import NICE, Cell, Run, cells, finite_number, load_runs
 from plainnet.plots import plot_bars, plot_curves, plot_schedules
 from plainnet.schedules import SCHEDULES, paper_epochs, paper_schedule
 from plainnet.stats import mean_std
@@ -160,7 +160,7 @@ def curves(cell: Cell) -> tuple[list[int], list[float], list[float]]:
     by_epoch: dict[int, list[float]] = {}
     for run in cell.runs:
         for row in run.metrics:
-            value = number(row.get("test_error"))
+            value = finite_number(row.get("test_error"))
             if value is not None and isinstance(row.get("epoch"), int):
                 by_epoch.setdefault(row["epoch"], []).append(value)
     epochs = sorted(by_epoch)
@@ -217,8 +217,8 @@ def render_report(
     run_rows = [
         [_link(r.name), _state(r),
          f"{r.summary.get('epochs_done', MISSING)}/{r.summary.get('epochs', MISSING)}",
-         fmt(number(r.summary.get("test_error"))), fmt(number(r.summary.get("best_test_error"))),
-         fmt(number(r.summary.get("mean_train_seconds")), 1)]
+         fmt(finite_number(r.summary.get("test_error"))), fmt(finite_number(r.summary.get("best_test_error"))),
+         fmt(finite_number(r.summary.get("mean_train_seconds")), 1)]
         for r in runs
     ]  # fmt: skip
     headers = ["run", "status", "epochs", "final test error %", "best %", "s / epoch"]

@@ -11,7 +11,7 @@ opens files for writing here, never follows a symbolic link: a link planted in a
 directory cannot make plainnet overwrite what it points to (the rename replaces a link at the
 final name itself). The lock is an ``flock`` on ``.lock`` (Windows: ``msvcrt.locking``), dropped
 by the system when its holder dies, so a crashed run never leaves the directory stuck.
-`read_json` with a shape (`plainnet.shapes`) words valid JSON of the wrong form in one line.
+`read_json` with a schema (`plainnet.schemas`) words valid JSON of the wrong form in one line.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from typing import Any, BinaryIO
 import torch
 
 from plainnet.errors import UserError, one_line
-from plainnet.shapes import (
-    CONFIG_SHAPE,
-    METRICS_ROW_SHAPE,
-    check_shape,
+from plainnet.schemas import (
+    CONFIG_SCHEMA,
+    METRICS_ROW_SCHEMA,
+    check_schema,
     check_summary,
 )
 
@@ -177,23 +177,23 @@ def write_json(path: Path, value: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def read_json(path: Path, shape: dict | None = None) -> Any:
+def read_json(path: Path, schema: dict | None = None) -> Any:
     """Read a JSON file; a missing, truncated or corrupt one is a `UserError` naming it, and so
-    is one without ``shape`` (see `check_shape`; None: any JSON)."""
+    is one that does not follow ``schema`` (see `check_schema`; None: any JSON)."""
     try:
         value = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path}: unreadable or corrupt ({err})") from None
-    if shape is not None:
-        check_shape(path, value, shape)
+    if schema is not None:
+        check_schema(path, value, schema)
     return value
 
 
 def read_metrics(path: Path) -> list[dict]:
     """The per-epoch records of ``metrics.jsonl``; a corrupt line, or one that does not have
-    `METRICS_ROW_SHAPE`, is a `UserError` naming the file and the line."""
+    `METRICS_ROW_SCHEMA`, is a `UserError` naming the file and the line."""
     rows = []
     try:
         lines = path.read_text().splitlines()
@@ -208,7 +208,7 @@ def read_metrics(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}: line {number} is corrupt ({err.msg})") from None
-        check_shape(f"{path}: line {number}", row, METRICS_ROW_SHAPE)
+        check_schema(f"{path}: line {number}", row, METRICS_ROW_SCHEMA)
         rows.append(row)
     return rows
 
@@ -279,7 +279,7 @@ class RunDir:
         )
 
     def read_config(self) -> dict:
-        return read_json(self.config, CONFIG_SHAPE)
+        return read_json(self.config, CONFIG_SCHEMA)
 
     def read_summary(self) -> dict:
         return check_summary(self.summary, read_json(self.summary))
@@ -317,8 +317,14 @@ class RunDir:
         return load_weights(self.checkpoint) if self.checkpoint.exists() else None
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the directory's lock; a second process gets a `UserError` naming the holder."""
+    def locked(self, *, tidy: bool = False) -> Iterator[None]:
+        """Hold the directory's lock; a second process gets a `UserError` naming the holder.
+
+        With ``tidy``, a block that fails before anything but the lock was written here (a
+        start that could not start) takes back what this call made: the lock file and the
+        folders it created. What was there before is never removed."""
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
+        had_lock = (self.path / LOCK).exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -334,7 +340,23 @@ class RunDir:
                 os.ftruncate(fd, 0)
                 os.write(fd, f"pid {os.getpid()} on {platform.node()}".encode())
                 yield
+            except BaseException:
+                if tidy and self.is_empty():
+                    self._take_back(made, had_lock)
+                raise
             finally:
                 _lock(fd, take=False)
         finally:
             os.close(fd)
+
+    def _take_back(self, made: list[Path], had_lock: bool) -> None:
+        """Remove the lock file (still held, so no one else can have taken it) unless it was
+        here before, then the empty folders in ``made``, deepest first."""
+        if not had_lock:
+            with contextlib.suppress(OSError):
+                (self.path / LOCK).unlink()
+        for folder in made:
+            try:
+                folder.rmdir()  # only if empty: a leftover temporary file stays, and so does it
+            except OSError:
+                return

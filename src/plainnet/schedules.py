@@ -133,6 +133,8 @@ class Schedule:
     fractional for shortened runs) and ``iters_per_epoch`` converts between the two.
     ``lr_min``/``lr_max`` are the configured bounds (a global decay ``delta`` > 1 takes the rate
     below them). ``boundaries`` lists the epochs where the rate jumps or a cycle ends.
+    ``lr_scale`` multiplies every rate (the linear scaling rule when the batch grows with the
+    number of processes), so ``schedule(t)`` is always the rate applied at iteration ``t``.
     """
 
     name: str
@@ -143,13 +145,15 @@ class Schedule:
     boundaries: tuple[float, ...]
     _fn: Callable[[float], float] = field(repr=False, compare=False)
     delta: float = 1.0
+    lr_scale: float = 1.0
 
     @property
     def total_iters(self) -> int:
         return max(1, round(self.epochs * self.iters_per_epoch))
 
     def __call__(self, t: float) -> float:
-        return self._fn(t) / global_decay(t, self.delta, self.epochs * self.iters_per_epoch)
+        decay = global_decay(t, self.delta, self.epochs * self.iters_per_epoch)
+        return self._fn(t) / decay * self.lr_scale
 
 
 def paper_schedule(
@@ -269,12 +273,9 @@ class ScheduledLR(LRScheduler):
 
 
 def lr_table(
-    schedule: Callable[[float], float],
-    iters: int,
-    device: torch.device | str = "cpu",
-    lr_scale: float = 1.0,
+    schedule: Callable[[float], float], iters: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """The rate of every iteration ``0 .. iters - 1`` as one float32 tensor on ``device``: the
     training step reads its rate from here by a device-side counter, never from the host."""
-    rates = [schedule(t) * lr_scale for t in range(iters)]
+    rates = [schedule(t) for t in range(iters)]
     return torch.tensor(rates, dtype=torch.float32, device=device)

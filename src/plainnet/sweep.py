@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from plainnet.errors import UserError
-from plainnet.grid import RunSpec, number
+from plainnet.grid import RunSpec, finite_number
 from plainnet.launch import RunnerOptions, run_grid
 from plainnet.models import build_model, trainable_layers
 from plainnet.plots import plot_sweep
@@ -108,8 +108,8 @@ def sweep_rows(out: Path, specs: Sequence[RunSpec]) -> list[dict]:
             except UserError:
                 summaries.append({"status": "missing"})
         done = [s for s in summaries if s.get("status") == "finished"]
-        errors = [e for s in done if (e := number(s.get("test_error"))) is not None]
-        seconds = [t for s in done if (t := number(s.get("mean_train_seconds"))) is not None]
+        errors = [e for s in done if (e := finite_number(s.get("test_error"))) is not None]
+        seconds = [t for s in done if (t := finite_number(s.get("mean_train_seconds"))) is not None]
         mean, std = mean_std(errors)
         rows.append(
             {

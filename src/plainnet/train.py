@@ -24,14 +24,15 @@ from pathlib import Path
 
 import torch
 
-from plainnet import distributed
+from plainnet import distributed, records
 from plainnet.config import TrainConfig, resolve_device
 from plainnet.data import ImageData
 from plainnet.errors import UserError
 from plainnet.evaluate import evaluate
-from plainnet.prepare import Setup, check_run_dir, header, restore, set_up, summary_of
+from plainnet.prepare import Position, RunState, check_run_dir, restore, set_up
+from plainnet.recipe import EpochSums
 from plainnet.run_dir import RunDir
-from plainnet.runtime import Progress, StopRequest, determinism, duration, on_forced_stop
+from plainnet.runtime import Progress, StopRequest, determinism, on_forced_stop
 
 CHECK_SECONDS = 2.0  # one process reads its sums back (a sync) at most this often
 CHECK_STEPS = 50  # under torchrun the ranks agree on stopping every this many steps
@@ -130,7 +131,11 @@ def run_training(
     log: Log = print,
     progress: bool = True,
 ) -> Generator[None, None, dict]:
-    """The run as a generator: it yields after each training step and returns the summary."""
+    """The run as a generator: it yields after each training step and returns the summary.
+
+    Check the run directory, build everything (`plainnet.prepare`), resume from the checkpoint
+    if there is one, then train the epochs. A start that fails leaves no trace: the run's
+    directory is only written once everything has been checked."""
     cfg.validate()
     device = resolve_device(cfg.device)
     world = distributed.init(device.type)
@@ -141,70 +146,73 @@ def run_training(
     finished = check_run_dir(run, cfg, resume, log)
     if finished is not None:
         return finished
-    with run.locked() if world.is_main else contextlib.nullcontext():
+    with run.locked(tidy=True) if world.is_main else contextlib.nullcontext():
         s = set_up(cfg, run, device, world, data, log)
         if stop.signal is not None:  # asked to stop while setting up: do not start
             raise KeyboardInterrupt
-        history, start, first, partial = restore(s, log)
-        start_writing(s, history, log)
-        bar = Progress(progress and world.is_main, s.total_iters, cfg.batch_size)
-        status, t0 = "running", time.perf_counter()
-        with (
-            on_forced_stop(lambda: write_summary(s, history, "interrupted")),
-            failed_on_error(s, history),
-        ):
-            for epoch in range(start, s.epochs):
-                begin = first if epoch == start else 0
-                result = yield from train_epoch(
-                    s, epoch, begin, partial if begin else None, stop, bar
-                )
-                if not result.finite:
-                    status = "diverged"
-                    break
-                if result.stopping and result.steps < s.steps_in(epoch):
-                    s.checkpoint(history, epoch, result.steps, result.partial())
-                    log(f"interrupted at epoch {epoch + 1}, step {result.steps}: checkpoint saved")
-                    status = "interrupted"
-                    break
-                history.append(end_epoch(s, epoch, result, history, log))
-                if result.stopping:
-                    log(f"interrupted after epoch {epoch + 1}: checkpoint saved")
-                    status = "interrupted"
-                    break
-            else:
-                status = "finished"
-        return finish(s, history, status, time.perf_counter() - t0, log)
+        at = restore(s, log)
+        records.start_writing(s, at.history, log)
+        return (yield from train_epochs(s, at, stop, log, progress))
+
+
+def train_epochs(
+    s: RunState, at: Position, stop: StopRequest, log: Log, progress: bool
+) -> Generator[None, None, dict]:
+    """The epochs from ``at`` to the last, each trained (`train_epoch`) and ended
+    (`end_epoch`); a stop request checkpoints (mid-epoch too) and a NaN ends the run."""
+    history = at.history
+    bar = Progress(progress and s.world.is_main, s.total_iters, s.cfg.batch_size)
+    status, t0 = "finished", time.perf_counter()
+    with (
+        on_forced_stop(lambda: records.write_summary(s, history, "interrupted")),
+        records.failed_on_error(s, history),
+    ):
+        for epoch in range(at.epoch, s.epochs):
+            start = at if epoch == at.epoch else Position(history, epoch)
+            result = yield from train_epoch(s, epoch, start, stop, bar)
+            if not result.finite:
+                status = "diverged"
+                break
+            if result.stopping and result.steps < s.steps_in(epoch):
+                where = Position(history, epoch, result.steps, result.sums, result.seconds)
+                records.save_checkpoint(s, where)
+                log(f"interrupted at epoch {epoch + 1}, step {result.steps}: checkpoint saved")
+                status = "interrupted"
+                break
+            end_epoch(s, epoch, result, history, log)
+            if result.stopping and epoch + 1 < s.epochs:  # a stop in the last epoch: finished
+                log(f"interrupted after epoch {epoch + 1}: checkpoint saved")
+                status = "interrupted"
+                break
+    return end_run(s, history, status, time.perf_counter() - t0, log)
 
 
 @dataclass
 class EpochResult:
-    """How far an epoch got: ``steps`` done, ``totals`` = [loss summed over images,
-    misclassified images, images] over all ranks, training ``seconds`` (a resumed epoch's
-    included), whether a stop was asked for and whether the loss and weights stayed finite."""
+    """How far an epoch got: ``steps`` done, ``sums`` over all ranks (a resumed epoch's
+    included), training ``seconds`` (likewise), whether a stop was asked for and whether the
+    loss and weights stayed finite."""
 
     steps: int
-    totals: list[float]
+    sums: EpochSums
     seconds: float
     stopping: bool
     finite: bool
 
-    def partial(self) -> dict:
-        return {"sums": self.totals, "seconds": self.seconds}
-
 
 def train_epoch(
-    s: Setup, epoch: int, first: int, partial: dict | None, stop: StopRequest, bar: Progress
+    s: RunState, epoch: int, start: Position, stop: StopRequest, bar: Progress
 ) -> Generator[None, None, EpochResult]:
-    """Steps ``first + 1 ..`` of ``epoch``, yielding after each one.
+    """Steps ``start.step + 1 ..`` of ``epoch``, yielding after each one.
 
     The step asks the device nothing; only the check does, at most every `CHECK_SECONDS`
     (every `CHECK_STEPS` steps under torchrun, where the ranks agree there on stopping so that
     all of them leave the loop at the same step) and at the epoch's end.
     """
-    steps, it0, world = s.steps_in(epoch), epoch * s.iters_per_epoch, s.world
-    carried = partial or {"sums": [0.0, 0, 0], "seconds": 0.0}
-    sums = carried["sums"] if world.is_main else [0.0, 0, 0]  # saved sums are totals: rank 0's
-    s.step.start_epoch(epoch, first, it0 + first, sums[:2])
+    steps, it0, world, first = s.steps_in(epoch), epoch * s.iters_per_epoch, s.world, start.step
+    carried = start.sums if world.is_main else EpochSums()  # saved sums are totals: rank 0's
+    batch = s.step.loader.batch_size
+    s.step.start_epoch(epoch, first, it0 + first, carried)
     bar.start_epoch(epoch + 1, s.epochs, first, steps, it0 + first)
     sync(s.step.t.device)
     t0 = last_check = time.perf_counter()
@@ -212,98 +220,75 @@ def train_epoch(
     for step in s.step.steps(first, steps):
         yield
         bar.step()
-        if it0 + step in s.snapshot_at:
-            save_snapshot(s, it0 + step)
+        if it0 + step in s.snapshot_at and weights_finite(s.step.params):
+            records.save_snapshot(s, it0 + step)  # never a diverged member of an ensemble
         stopping = stop.signal is not None and not world.distributed
         due = (step % CHECK_STEPS == 0) if world.distributed else (
             time.perf_counter() - last_check >= CHECK_SECONDS
         )  # fmt: skip
         if due or step == steps:
-            seen = sums[2] + (step - first) * s.step.loader.batch_size
-            loss, _, seen, signals = summed_over_ranks(s, seen, stop.signal or 0)
+            sums, signals = summed_over_ranks(s, carried.images + (step - first) * batch, stop)
             last_check = time.perf_counter()
-            finite = math.isfinite(loss)
+            finite = math.isfinite(sums.loss)
             if not finite:
                 break
-            bar.show(loss / seen, s.schedule(it0 + step - 1))
+            bar.show(sums.loss / sums.images, s.schedule(it0 + step - 1))
             stopping = stopping or signals > 0
         if stopping:
             break
     sync(s.step.t.device)
-    seconds = carried["seconds"] + time.perf_counter() - t0
+    seconds = start.seconds + time.perf_counter() - t0
     bar.end_epoch()
-    seen = sums[2] + (step - first) * s.step.loader.batch_size
-    totals = summed_over_ranks(s, seen, 0)[:3]
+    sums, _ = summed_over_ranks(s, carried.images + (step - first) * batch, None)
     # The last update can break the weights while its loss was finite: check them too.
-    finite = finite and math.isfinite(totals[0]) and weights_finite(s.step.params)
-    return EpochResult(step, totals, seconds, stopping, finite)
+    finite = finite and math.isfinite(sums.loss) and weights_finite(s.step.params)
+    return EpochResult(step, sums, seconds, stopping, finite)
 
 
-def end_epoch(s: Setup, epoch: int, result: EpochResult, history: list, log: Log) -> dict:
-    """Evaluate (rank 0), write the epoch's row, checkpoint and summary, log its line."""
+def end_epoch(s: RunState, epoch: int, result: EpochResult, history: list, log: Log) -> None:
+    """Evaluate (rank 0), add the epoch's row to ``history``, record it (metrics, checkpoint,
+    summary) and log its line."""
     t1 = time.perf_counter()
     test_loss, test_error = math.nan, math.nan
     if s.world.is_main:
         amp = s.switches.amp_dtype if s.cfg.eval_precision == "amp" else None
         test_loss, test_error = evaluate(
-            s.model, s.test_images, s.test_labels, s.mean, s.std, batch_size=s.eval_batch_size,
-            amp_dtype=amp, channels_last=s.switches.channels_last,
+            s.model, s.test_images, s.test_labels, s.step.mean, s.step.std,
+            batch_size=s.eval_batch_size, amp_dtype=amp, channels_last=s.switches.channels_last,
         )  # fmt: skip
-    loss_sum, wrong, seen = result.totals
-    row = {
-        "epoch": epoch + 1,
-        "lr": s.schedule(epoch * s.iters_per_epoch + result.steps - 1),
-        "train_loss": loss_sum / max(seen, 1),
-        "train_error": 100.0 * wrong / max(seen, 1),
-        "test_loss": test_loss,
-        "test_error": test_error,
-        "train_seconds": result.seconds,
-        "eval_seconds": time.perf_counter() - t1,
-        "images_per_second": seen / max(result.seconds, 1e-9),
-        "iterations": epoch * s.iters_per_epoch + result.steps,
-    }
-    if s.world.is_main:
-        s.run.write_metrics([*history, row])
-        s.checkpoint([*history, row], epoch + 1, 0, None)
-        write_summary(s, [*history, row], "running")
-        if s.writer is not None:
-            for key in ("lr", "train_loss", "train_error", "test_loss", "test_error"):
-                s.writer.add_scalar(key, row[key], epoch + 1)
-            s.writer.flush()
+    sums, images = result.sums, max(result.sums.images, 1)
+    history.append(
+        {
+            "epoch": epoch + 1,
+            "lr": s.schedule(epoch * s.iters_per_epoch + result.steps - 1),
+            "train_loss": sums.loss / images,
+            "train_error": 100.0 * sums.wrong / images,
+            "test_loss": test_loss,
+            "test_error": test_error,
+            "train_seconds": result.seconds,
+            "eval_seconds": time.perf_counter() - t1,
+            "images_per_second": sums.images / max(result.seconds, 1e-9),
+            "iterations": epoch * s.iters_per_epoch + result.steps,
+            # Every rank clips the same all-reduced gradient, and counts it.
+            "clipped_fraction": sums.clipped / (result.steps * s.world.size),
+        }
+    )
+    records.write_epoch(s, history)
     if s.step.graph_error and "graph" not in s.told:
         s.told.add("graph")
         log(f"note: the step could not be captured as one CUDA graph ({s.step.graph_error})")
-    log(
-        f"epoch {epoch + 1:>3}/{s.epochs}  lr {row['lr']:.2e}  "
-        f"train loss {row['train_loss']:.3f} err {row['train_error']:5.2f} %  "
-        f"test loss {test_loss:.3f} err {test_error:5.2f} %  "
-        f"{result.seconds:6.1f} s  {row['images_per_second']:,.0f} img/s"
-    )
-    return row
+    log(records.epoch_line(s, history[-1]))
 
 
-def start_writing(s: Setup, history: list[dict], log: Log) -> None:
-    """The run's first writes, once everything has been checked, and its header line."""
-    if s.world.is_main:
-        s.run.write_config(s.record)
-        write_summary(s, history, "running")
-        if s.cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            s.writer = SummaryWriter(str(s.run.path / "tensorboard"))
-    log(header(s))
-    if s.switches.compile or s.switches.cuda_graphs:
-        log("compiling and capturing the step: the first steps take a while")
-
-
-def finish(s: Setup, history: list[dict], status: str, seconds: float, log: Log) -> dict:
-    summary = write_summary(s, history, status)
+def end_run(s: RunState, history: list[dict], status: str, seconds: float, log: Log) -> dict:
+    """Write the summary, wait for every rank, log the closing line; a NaN raises `Diverged`."""
+    summary = records.write_summary(s, history, status)
     # Ranks other than 0 skip the evaluation and the writing: they wait here, so that every
     # rank leaves the loop, and later destroys the process group, together with rank 0.
     distributed.barrier(s.world)
     if s.writer is not None:
         s.writer.close()
-    log(closing_line(summary, s.run, seconds))
+    log(records.closing_line(summary, s.run, seconds))
     if status == "diverged":
         raise Diverged(
             f"{s.run.path}: loss became NaN/inf in epoch {len(history) + 1}; stopped "
@@ -312,41 +297,15 @@ def finish(s: Setup, history: list[dict], status: str, seconds: float, log: Log)
     return summary
 
 
-def write_summary(s: Setup, history: list[dict], status: str, **extra) -> dict:
-    summary = {**summary_of(s.cfg, history, s.parameters, status, s.epochs), **extra}
-    if s.world.is_main:
-        s.run.write_summary(summary)
-    return summary
-
-
-@contextlib.contextmanager
-def failed_on_error(s: Setup, history: list[dict]):
-    """A run that an unexpected error ends says so in its summary (``failed`` and the error)
-    instead of staying ``running``; the error goes on."""
-    try:
-        yield
-    except (KeyboardInterrupt, GeneratorExit, Diverged):
-        raise
-    except Exception as err:
-        with contextlib.suppress(Exception):
-            reason = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
-            write_summary(s, history, "failed", error=reason)
-        raise
-
-
-def save_snapshot(s: Setup, iteration: int) -> None:
-    """Keep the weights where a cycle ends, unless they are no longer finite (a snapshot
-    ensemble must never average a diverged member)."""
-    if s.world.is_main and weights_finite(s.step.params):
-        s.run.save_snapshot(iteration, s.model.state_dict())
-
-
-def summed_over_ranks(s: Setup, seen: int, signals: int) -> list[float]:
-    """[loss summed over images, misclassified images, images seen, stop signals] of this
-    epoch so far, summed over all ranks. Reading them syncs the device."""
-    local = torch.stack([s.step.loss_sum, s.step.wrong_sum.double()])
-    local = torch.cat([local, local.new_tensor([seen, signals])])
-    return distributed.all_reduce_sum(local, s.world).tolist()
+def summed_over_ranks(s: RunState, images: int, stop: StopRequest | None) -> tuple[EpochSums, int]:
+    """This epoch's sums so far (``images`` counted by the caller) and the number of ranks
+    asked to stop, over all ranks. Reading them syncs the device."""
+    step = s.step
+    local = torch.stack([step.loss_sum, step.wrong_sum.double(), step.clipped_sum.double()])
+    asked = 0 if stop is None or stop.signal is None else 1
+    local = torch.cat([local, local.new_tensor([images, asked])])
+    loss, wrong, clipped, images, asked = distributed.all_reduce_sum(local, s.world).tolist()
+    return EpochSums(loss, round(wrong), round(images), round(clipped)), round(asked)
 
 
 def weights_finite(params: Sequence[torch.Tensor]) -> bool:
@@ -357,14 +316,3 @@ def weights_finite(params: Sequence[torch.Tensor]) -> bool:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def closing_line(summary: dict, run: RunDir, seconds: float) -> str:
-    """The run's last line: how it ended, its result, its time and where it is."""
-    result = "no epoch finished"
-    if summary.get("test_error") is not None:
-        result = (
-            f"final test error {summary['test_error']:.2f} % (best "
-            f"{summary['best_test_error']:.2f} % at epoch {summary['best_epoch']})"
-        )
-    return f"{summary['status']}: {result}, {duration(seconds)}, {run.path}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: one command for a machine with one CUDA GPU (an H100 or H200), CUDA PyTorch
-# and no network. The most valuable figure comes first, every step writes its results as soon
+# The GPU check: plainnet's GPU tests and speed measurements in one command, for a machine with
+# one CUDA GPU and a CUDA build of PyTorch (no network needed). The most valuable figure comes first, every step writes its results as soon
 # as it has them (a time limit keeps what was measured), and each step's limit is cut to what
 # is left of DEADLINE seconds (default 480; a step with under 20 s left is skipped):
 #   environment.txt               torch / CUDA / GPU, nvidia-smi
@@ -14,16 +14,18 @@
 #                                 grouped network, each against the same three runs
 #                                 trained one after the other
 #   grouped_conv.{txt,json}       grouped against dense convolutions, every shape, K = 1..8
+#                                 (benchmarks/research/grouped_conv.py)
 #   resnet110_nchw.{txt,json}     ResNet-110's step without channels-last (its 16-channel layers)
-#   pytest.txt                    the GPU tests (pytest -m gpu), on the real CIFAR-10 JPEGs
+#   pytest.txt                    the GPU tests (pytest -m gpu) on the real CIFAR-10 JPEGs
+#   research.txt                  the research code's tests (benchmarks/research/tests)
 #   status.txt                    each step's exit status and seconds
 #
-# usage: benchmarks/gpu_check.sh OUT_DIR
-# Inputs: this tree and .gpu_inputs/cifar10-jpeg.tar.gz (benchmarks/pack_gpu_inputs.sh). The
-# package need not be installed (PYTHONPATH=src). A failing step is recorded and the next runs.
-# Full-length training runs are benchmarks/gpu_runs.sh, a call of their own.
+# usage: tools/gpu_check.sh OUT_DIR      (DEADLINE=SECONDS to change the 480 s budget)
+# Inputs: this repository and .gpu_inputs/cifar10-jpeg.tar.gz (tools/pack_gpu_inputs.sh packs a
+# CIFAR-10 JPEG class-folder tree there). plainnet need not be installed (PYTHONPATH=src). A
+# failing step is recorded and the next runs. Full-length training runs: tools/gpu_runs.sh.
 #
-# Rehearsal on a CPU: PLAINNET_GPU_CHECK_DEVICE=cpu benchmarks/gpu_check.sh OUT_DIR runs every
+# Rehearsal on a CPU: PLAINNET_GPU_CHECK_DEVICE=cpu tools/gpu_check.sh OUT_DIR runs every
 # step with --device cpu and tiny sizes (the GPU tests then skip), to prove the script.
 set -u -o pipefail
 if [[ $# -ne 1 ]]; then
@@ -72,7 +74,7 @@ jpegs=$tmp/cifar10-jpeg
 if tar -xzf "$repo/.gpu_inputs/cifar10-jpeg.tar.gz" -C "$tmp" 2>> "$out/status.txt"; then
     export PLAINNET_TEST_CIFAR10_JPEG=$jpegs
 else
-    echo "no .gpu_inputs/cifar10-jpeg.tar.gz: run benchmarks/pack_gpu_inputs.sh first" \
+    echo "no .gpu_inputs/cifar10-jpeg.tar.gz: run tools/pack_gpu_inputs.sh first" \
         | tee -a "$out/status.txt"
 fi
 
@@ -93,8 +95,9 @@ fi
 step plain11 100 "${bench[@]}" "${plain[@]}" --profile --json "$out/plain11.json"
 step resnet110 90 "${bench[@]}" "${resnet[@]}" --profile --json "$out/resnet110.json"
 step k3 130 "${bench[@]}" "${k3[@]}" --only plainnet --together 3 --fused 3 --json "$out/k3.json"
-step grouped_conv 70 "$python" benchmarks/grouped_conv.py "${gconv[@]}" --json "$out/grouped_conv.json"
+step grouped_conv 70 "$python" benchmarks/research/grouped_conv.py "${gconv[@]}" --json "$out/grouped_conv.json"
 step resnet110_nchw 40 "${bench[@]}" "${resnet[@]}" --only plainnet --channels-last off \
     --json "$out/resnet110_nchw.json"
-step pytest 120 "$python" -m pytest -m gpu -q -p no:cacheprovider -rs tests
+step pytest 120 "$python" -m pytest -q -p no:cacheprovider -rs -m gpu tests
+step research 60 "$python" -m pytest -q -p no:cacheprovider benchmarks/research/tests
 echo "done in $SECONDS s; results in $out" | tee -a "$out/status.txt"

@@ -8,11 +8,7 @@ from typing import ClassVar
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-
-from plainnet.models import build_model
-from plainnet.models.fused import (
+from research.fused import (
     clip_member_grads_,
     fuse,
     fuse_optimizer_states,
@@ -23,6 +19,10 @@ from plainnet.models.fused import (
     member_state_dict,
     stack_inputs,
 )
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from plainnet.models import build_model
 from plainnet.recipe import param_groups
 
 K = 3

@@ -1,4 +1,4 @@
-"""benchmarks/grouped_conv.py: the convolution shapes it finds in the real models, a CPU
+"""benchmarks/research/grouped_conv.py: the convolution shapes it finds in the real models, a CPU
 rehearsal end to end (timings, totals, JSON), the time limit, and that the grouped convolution
 computes exactly what the K dense convolutions compute."""
 
@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks" / "grouped_conv.py"
+BENCH = Path(__file__).resolve().parents[1] / "grouped_conv.py"
 
 # (Cin, Cout, H, W, stride) -> count in one forward pass, derived by hand from the papers' nets.
 PLAIN11 = {

@@ -1,5 +1,5 @@
-"""The shape of every JSON file plainnet reads back, and the one check against it: valid JSON
-of the wrong shape (a list where an object belongs, a string for a number) is one line naming
+"""The schema of every JSON file plainnet reads back, and the one check against it: valid JSON
+of the wrong form (a list where an object belongs, a string for a number) is one line naming
 the file and the key, never a traceback deep in a reader."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def _maybe(kind: type, *keys: str) -> dict:
 
 
 #: ``summary.json``; `check_summary` adds that a finished run has a numeric test_error.
-SUMMARY_SHAPE = {
+SUMMARY_SCHEMA = {
     "status": str,
     **_maybe(str, "model", "schedule", "error"),
     **_maybe(int, "seed", "epochs", "epochs_done", "best_epoch", "parameters"),
@@ -25,9 +25,9 @@ SUMMARY_SHAPE = {
     **_maybe(float, "mean_train_seconds"),
 }
 #: ``config.json`` as `plainnet train` writes it.
-CONFIG_SHAPE = {"config": dict, "resolved": dict, "environment": dict, **_maybe(list, "command")}
+CONFIG_SCHEMA = {"config": dict, "resolved": dict, "environment": dict, **_maybe(list, "command")}
 #: ``evaluation.json`` as `plainnet evaluate` writes it.
-EVALUATION_SHAPE = {
+EVALUATION_SCHEMA = {
     "test_error": float,
     **_maybe(float, "test_loss", "coarse_error", "ensemble_test_error", "ensemble_test_loss"),
     **_maybe(str, "source", "model", "dataset", "run_status"),
@@ -36,11 +36,11 @@ EVALUATION_SHAPE = {
     **_maybe(list, "coarse_classes", "coarse_confusion", "ensemble_snapshots"),
 }
 #: One line of ``metrics.jsonl``.
-METRICS_ROW_SHAPE = {
+METRICS_ROW_SCHEMA = {
     "epoch": int,
     **_maybe(int, "iterations"),
     **_maybe(float, "lr", "train_loss", "train_error", "test_loss", "test_error"),
-    **_maybe(float, "train_seconds", "eval_seconds", "images_per_second"),
+    **_maybe(float, "train_seconds", "eval_seconds", "images_per_second", "clipped_fraction"),
 }
 _KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _KINDS |= {list: "a list", dict: "an object"}
@@ -58,16 +58,16 @@ def _found(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_shape(label: Any, value: Any, shape: dict) -> None:
+def check_schema(label: Any, value: Any, schema: dict) -> None:
     """Raise a one-line `UserError` starting with ``label`` (the file's path, or the path and
-    a line number) unless ``value`` is a JSON object of ``shape``.
-    ``shape`` maps keys to a type or a tuple of types: ``int`` (an integer, never true/false),
+    a line number) unless ``value`` is a JSON object of ``schema``.
+    ``schema`` maps keys to a type or a tuple of types: ``int`` (an integer, never true/false),
     ``float`` (any number), ``str``, ``list``, ``dict``, ``bool``. A key whose types include
     ``None`` may be null or absent; every other key is required. Other keys are not checked.
     """
     if not isinstance(value, dict):
         raise UserError(f"{label}: should hold a JSON object, found {_found(value)}")
-    for key, types in shape.items():
+    for key, types in schema.items():
         name, types = json.dumps(key), types if isinstance(types, tuple) else (types,)
         if key not in value and None not in types:
             raise UserError(f"{label}: {name} is missing")
@@ -77,8 +77,8 @@ def check_shape(label: Any, value: Any, shape: dict) -> None:
 
 
 def check_summary(path: Path, value: Any) -> dict:
-    """``value`` if it has `SUMMARY_SHAPE` and, when finished, its result (readers print it)."""
-    check_shape(path, value, SUMMARY_SHAPE)
+    """``value`` if it has `SUMMARY_SCHEMA` and, when finished, its result (readers print it)."""
+    check_schema(path, value, SUMMARY_SCHEMA)
     if value["status"] == "finished" and value.get("test_error") is None:
         raise UserError(f'{path}: status is "finished" but "test_error" is missing or null')
     return value
