@@ -22,6 +22,7 @@ FORMAT = "plainnet-sample-v1"  # what tools/make_sample.py writes
 #: Path in an ordinary install); tests point it at a damaged copy.
 SAMPLE_FILE = resources.files("plainnet.data") / "sample.npz"
 _FIX = "reinstall plainnet"
+_SPLIT_KEYS = ("jpeg", "offsets", "labels")  # each split's arrays: {split}_{key}
 
 
 def load_sample() -> Splits:
@@ -34,7 +35,9 @@ def load_sample() -> Splits:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except OSError as e:
-        raise UserError(f"{path}: cannot read the built-in sample ({one_line(e)}): {_FIX}") from e
+        raise UserError(
+            f"{path}: cannot read the built-in sample ({one_line(e)}): {_FIX}"
+        ) from None
     except Exception as e:  # not a zip, a damaged member, a bad .npy header, an object array
         raise UserError(f"{path}: the built-in sample is damaged ({one_line(e)}): {_FIX}") from None
     problem = _check(arrays)
@@ -72,9 +75,6 @@ def _check(a: dict[str, np.ndarray]) -> str | None:
         if labels.min() < 0 or labels.max() >= len(classes):
             return f"{split}_labels has labels outside [0, {len(classes)})"
     return None
-
-
-_SPLIT_KEYS = ("jpeg", "offsets", "labels")
 
 
 def _decode_split(a: dict[str, np.ndarray], split: str, path: object) -> np.ndarray:
