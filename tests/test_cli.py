@@ -65,7 +65,7 @@ def test_version_and_help_that_tells_the_truth(capsys):
     for command in ("reproduce", "sweep", "lr-find"):
         text = help_of(capsys, command)
         assert "--momentum MOMENTUM SGD momentum (default: 0.9)" in text, command
-        assert "--dataset {cifar100,cifar10,folder}" in text, command
+        assert "--dataset {cifar100,cifar10,folder,sample}" in text, command
     assert "--jobs-per-device JOBS_PER_DEVICE processes packed on each GPU (default: 1)" in (
         help_of(capsys, "reproduce")
     )

@@ -14,6 +14,9 @@ def test_ruff_clean(args):
     ruff = shutil.which("ruff")
     assert ruff, "ruff is a test dependency: pip install -e '.[test]'"
     result = subprocess.run(
-        [ruff, *args, "src", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+        [ruff, *args, "src", "tests", "tools", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr

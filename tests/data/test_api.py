@@ -86,7 +86,7 @@ def test_default_dirs(monkeypatch, tmp_path):
     monkeypatch.setenv("PLAINNET_DATA", str(tmp_path / "d"))
     monkeypatch.setenv("PLAINNET_CACHE", str(tmp_path / "c"))
     assert default_data_dir() == Path(tmp_path / "d") and cache_dir() == tmp_path / "c"
-    assert DATASETS == ("cifar100", "cifar10", "folder")
+    assert DATASETS == ("cifar100", "cifar10", "folder", "sample")
 
 
 @pytest.mark.parametrize(

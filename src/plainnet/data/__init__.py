@@ -19,6 +19,7 @@ from plainnet.data.augment import AUGMENTATIONS, augment_batch, draw_augmentatio
 from plainnet.data.cifar import Splits, check_data_dir, load_cifar
 from plainnet.data.folder import load_folder
 from plainnet.data.loader import DeviceLoader, epoch_plan
+from plainnet.data.sample import load_sample
 from plainnet.errors import UserError
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
     "normalize",
 ]
 
-DATASETS = ("cifar100", "cifar10", "folder")
+DATASETS = ("cifar100", "cifar10", "folder", "sample")
 
 
 @dataclass
@@ -49,7 +50,7 @@ class ImageData:
     `normalize`.
     """
 
-    name: str  # "cifar100", "cifar10" or "folder:<dirname>"
+    name: str  # "cifar100", "cifar10", "folder:<dirname>" or "sample"
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
@@ -130,15 +131,23 @@ def _user_cache() -> Path:
 def load_dataset(
     name: str, data_dir: str | Path | None = None, *, download: bool = True, log=None
 ) -> ImageData:
-    """Load "cifar100", "cifar10" or "folder" as an `ImageData` on the CPU (``log``, if
-    given, hears when an image folder is decoded rather than read from its cache).
+    """Load "cifar100", "cifar10", "folder" or "sample" as an `ImageData` on the CPU (``log``,
+    if given, hears when an image folder is decoded rather than read from its cache).
 
     For CIFAR, `data_dir` (default `default_data_dir()`) holds the extracted folder or the
     official archive; with `download` the archive is fetched there when neither is present.
     For "folder", `data_dir` is required and holds train/<class>/* and test/<class>/*.
+    "sample" is built into the package (2,000 + 1,000 CIFAR-10 images): no `data_dir`, no
+    download.
     """
     if name not in DATASETS:
         raise UserError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+    if name == "sample":
+        if data_dir is not None:
+            raise UserError(
+                "the sample data set is built into plainnet and reads no folder: drop --data-dir"
+            )
+        return _to_image_data("sample", load_sample())
     if name == "folder":
         if data_dir is None:
             raise UserError(

@@ -149,9 +149,9 @@ def _fingerprint(lines: list[str]) -> str:
     return h.hexdigest()
 
 
-def _open(path: str) -> Image.Image:
-    """The image at ``path``, opened lazily: its header (size, mode) is read, no pixels yet."""
-    data = _read_bytes(path)
+def _open(path: str, data: bytes) -> Image.Image:
+    """The image whose file bytes are ``data``, opened lazily: its header (size, mode) is read,
+    no pixels yet. ``path`` is the name errors give it."""
     try:
         # Decoding from memory is about 1.5x faster than letting Pillow read the file itself in
         # small pieces (measured on 32 x 32 JPEGs). Our own size limit is far stricter than
@@ -212,9 +212,15 @@ def _to_rgb(path: str, im: Image.Image) -> np.ndarray:
 
 
 def _decode(path: str, size: tuple[int, int] | None) -> np.ndarray:
-    """One image as uint8 (H, W, 3) RGB; it must be ``size`` = (H, W) if given, which is
-    checked from the header, before any pixels are decoded."""
-    with _open(path) as im:
+    """The image file at ``path`` as uint8 (H, W, 3) RGB (see `decode_image`)."""
+    return decode_image(path, _read_bytes(path), size)
+
+
+def decode_image(path: str, data: bytes, size: tuple[int, int] | None) -> np.ndarray:
+    """One PNG or JPEG file's bytes ``data`` as uint8 (H, W, 3) RGB by the mode table above;
+    it must be ``size`` = (H, W) if given, which is checked from the header, before any pixels
+    are decoded. A bad image is a `UserError` naming ``path``."""
+    with _open(path, data) as im:
         w, h = _size(path, im)
         _same_size(path, (h, w), size)
         try:
