@@ -15,6 +15,7 @@ from plainnet.grid import cells as group_cells
 from plainnet.grid import load_runs
 from plainnet.report import table1_rows, write_report
 from plainnet.stats import mean_std, welch
+from rundirs import SECONDS, write_grid, write_run
 
 # Final test errors per (model, schedule), three seeds: means 28, 27.5, 26 / 26.5, 28, 26.
 ERRORS = {
@@ -25,66 +26,11 @@ ERRORS = {
     ("resnet110", "clr"): [27.0, 28.0, 29.0],
     ("resnet110", "sgdr"): [25.5, 26.0, 26.5],
 }
-SECONDS = {"plain11": 40.0, "resnet110": 170.0}
-
-
-def write_run(
-    root: Path,
-    model: str,
-    schedule: str,
-    seed: int,
-    error: float,
-    *,
-    status: str = "finished",
-    epochs: int = 4,
-    done: int = 4,
-    scale: float = 1.0,
-    dataset: str = "cifar100",
-    options: dict | None = None,
-    name: str | None = None,
-) -> Path:
-    """A run directory as `train` leaves it: config, per-epoch metrics (the last epoch's test
-    error is ``error``) and summary."""
-    path = root / (name or f"{model}-{schedule}-s{seed}")
-    path.mkdir(parents=True)
-    config = {
-        "config": {"model": model, "schedule": schedule, "seed": seed, "scale": scale},
-        "resolved": {"iters_per_epoch": 50, "dataset": dataset},
-        "environment": {"plainnet": "0.1.0", "torch": "2.x", "device_name": "Test GPU"},
-    }
-    config["config"].update({"dataset": dataset, "batch_size": 100, "epochs": None})
-    config["config"].update(options or {})
-    (path / "config.json").write_text(json.dumps(config))
-    rows = [
-        {
-            "epoch": e,
-            "test_error": error + 10.0 * (done - e),
-            "train_seconds": SECONDS.get(model, 10.0),
-        }
-        for e in range(1, done + 1)
-    ]
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = {
-        "status": status,
-        "model": model,
-        "schedule": schedule,
-        "seed": seed,
-        "epochs": epochs,
-        "epochs_done": done,
-        "test_error": error,
-        "best_test_error": error,
-        "mean_train_seconds": SECONDS.get(model, 10.0) + seed,  # 40, 41, 42 / 170, 171, 172
-        "parameters": 1000,
-    }
-    (path / "summary.json").write_text(json.dumps(summary))
-    return path
 
 
 @pytest.fixture
 def grid(tmp_path) -> Path:
-    for (model, schedule), errors in ERRORS.items():
-        for seed, error in enumerate(errors):
-            write_run(tmp_path, model, schedule, seed, error)
+    write_grid(tmp_path, ERRORS)
     return tmp_path
 
 
