@@ -168,3 +168,30 @@ def test_a_run_of_the_wrong_shape_is_listed_and_the_report_goes_on(grid):
     assert "plain8-step-s0`: " in text and "test_error" in text
     assert "plain8-clr-s0`: " in text
     assert "| Plain-11" in text  # the rest of the grid is reported
+
+
+def test_runs_are_pooled_only_within_one_resolved_precision(tmp_path):
+    """Rows hold the precision a run trained in, not the one asked for: ``--amp auto`` that
+    resolved to bf16 pools with ``--amp bf16``, never with fp32 (resolved "off"), and TF32
+    where a run recorded it is part of the row too."""
+    sgdr = {"epochwise_sgdr": True}
+    write_run(tmp_path, "plain11", "sgdr", 0, 30.0, options={**sgdr, "amp": "auto"})
+    write_run(tmp_path, "plain11", "sgdr", 1, 31.0, options={**sgdr, "amp": "auto"},
+              resolved={"amp": "bf16"})  # fmt: skip
+    write_run(tmp_path, "plain11", "sgdr", 2, 32.0, options={**sgdr, "amp": "bf16"},
+              resolved={"amp": "bf16"})  # fmt: skip
+    write_run(tmp_path, "plain11", "sgdr", 3, 33.0, options={**sgdr, "amp": "bf16"},
+              resolved={"amp": "bf16", "tf32": True})  # fmt: skip
+    runs, _ = load_runs(tmp_path)
+    rows = {r["variant"]: r for r in table1_rows(group_cells(runs))}
+    assert sorted(rows) == ["SGDR (per epoch)", "SGDR (per epoch, bf16)",
+                            "SGDR (per epoch, bf16, TF32)"]  # fmt: skip
+    assert rows["SGDR (per epoch)"]["runs"] == ["plain11-sgdr-s0"]
+    assert rows["SGDR (per epoch, bf16)"]["runs"] == ["plain11-sgdr-s1", "plain11-sgdr-s2"]
+    assert rows["SGDR (per epoch, bf16)"]["test_error_mean"] == pytest.approx(31.5)
+    assert "amp='bf16'" in rows["SGDR (per epoch, bf16)"]["differs"]
+    assert "amp='off'" in rows["SGDR (per epoch)"]["differs"]
+    assert "tf32=True" in rows["SGDR (per epoch, bf16, TF32)"]["differs"]
+    write_report(tmp_path, log=lambda _m: None)
+    text = (tmp_path / "report.md").read_text()
+    assert "differs in" in text and "amp='off'" in text and "amp='bf16'" in text
