@@ -218,3 +218,84 @@ def test_few_seeds_leave_a_claim_undecided_and_missing_runs_unmeasured(tmp_path)
     assert sgdr["seeds"] == "no finished runs of ResNet-110 SGDR"
     clr = rows["SGDR beats CLR for Plain-11"]
     assert clr["verdict"] == "not measured" and clr["seeds"] == "no finished runs of Plain-11 CLR"
+
+
+# ---- variants of the recipe, and the cells they share ----
+
+SGDR_PER_EPOCH = {"epochwise_sgdr": True}  # as `plainnet reproduce` runs every grid
+DELTA4 = {slot: spread(mean + 1.0) for slot, mean in MEANS.items() if slot[1] != CLR}
+
+
+def write_delta4(root: Path) -> None:
+    """``reproduce --variant delta4``'s own runs: step and SGDR with δ = 4 (its CLR runs are
+    the paper grid's)."""
+    write_grid(root, DELTA4, name="{model}-{schedule}-delta4-s{seed}",
+               options={**SGDR_PER_EPOCH, "lr_decay": 4.0})  # fmt: skip
+
+
+def test_a_delta4_grid_measures_clr_with_the_paper_grids_clr_runs(tmp_path):
+    write_grid(tmp_path, ERRORS, options=SGDR_PER_EPOCH)
+    write_delta4(tmp_path)
+    tables = report_claims(tmp_path)
+    assert sorted(tables) == ["lr_decay=4.0", "lr_decay=None"]
+    delta4, paper = tables["lr_decay=4.0"], tables["lr_decay=None"]
+    assert [text for text, row in delta4.items() if row["verdict"] == "not measured"] == []
+    sgdr_clr = delta4["SGDR beats CLR for Plain-11"]
+    expected = fmean(DELTA4[P, SGDR]) - fmean(ERRORS[P, CLR])  # 28.5 - 28.5
+    assert numbers(sgdr_clr["measured"])[-1] == pytest.approx(expected, abs=0.005)
+    assert sgdr_clr["verdict"] == "does not hold"  # 0 is not below 0
+    assert sgdr_clr["borrowed cells"] == "Plain-11 CLR from lr_decay=None"
+    clr = delta4["With CLR, Plain-11 beats ResNet-110"]
+    assert clr["verdict"] == "does not hold" and clr["measured"] == "28.50 vs 28.00: +0.50 pt"
+    assert clr["borrowed cells"] == "Plain-11 CLR, ResNet-110 CLR from lr_decay=None"
+    assert delta4["With the step schedule, ResNet-110 beats Plain-11"]["borrowed cells"] == ""
+    assert "borrowed cells" not in next(iter(paper.values()))  # the paper grid lacks nothing
+    text = (tmp_path / "report.md").read_text()
+    assert "Borrowed (cells this variant shares): Plain-11 CLR, ResNet-110 CLR from" in text
+
+
+def test_a_grid_run_only_as_delta4_is_one_variant(tmp_path):
+    """Its CLR runs are no variant of their own: one table, CLR measured."""
+    write_grid(tmp_path, {slot: ERRORS[slot] for slot in ERRORS if slot[1] == CLR},
+               options=SGDR_PER_EPOCH)  # fmt: skip
+    write_delta4(tmp_path)
+    tables = report_claims(tmp_path)
+    assert sorted(tables) == ["lr_decay=4.0"]
+    row = tables["lr_decay=4.0"]["SGDR beats CLR for ResNet-110"]
+    assert row["verdict"] == "holds" and row["measured"] == "26.50 vs 28.00: -1.50 pt"
+
+
+def test_a_variant_borrows_from_the_nearest_configuration(tmp_path):
+    """δ = 4 with SGDR per iteration lacks CLR: it takes the CLR runs that differ in δ alone,
+    not those that also differ in how SGDR stepped."""
+    write_grid(tmp_path, ERRORS, options=SGDR_PER_EPOCH)
+    per_iteration = {slot: spread(mean - 1.0) for slot, mean in MEANS.items()}
+    write_grid(tmp_path, per_iteration, name="{model}-{schedule}-iter-s{seed}",
+               options={"epochwise_sgdr": False})  # fmt: skip
+    write_grid(tmp_path, DELTA4, name="{model}-{schedule}-iter-delta4-s{seed}",
+               options={"epochwise_sgdr": False, "lr_decay": 4.0})  # fmt: skip
+    tables = report_claims(tmp_path)
+    row = tables["epochwise_sgdr=False, lr_decay=4.0"]["With CLR, Plain-11 beats ResNet-110"]
+    assert row["borrowed cells"] == (
+        "Plain-11 CLR, ResNet-110 CLR from epochwise_sgdr=False, lr_decay=None"
+    )
+    assert row["measured"] == "27.50 vs 27.00: +0.50 pt"  # the per-iteration grid's CLR
+
+
+def test_a_bf16_variant_borrows_nothing_across_precision(tmp_path):
+    """A bf16 grid without CLR runs has its claims on CLR unmeasured: fp32 runs are never
+    taken in, and the variant is named by its precision."""
+    write_grid(tmp_path, ERRORS, options={**SGDR_PER_EPOCH, "amp": "auto"})
+    bf16 = {slot: e for slot, e in ERRORS.items() if slot[1] != CLR}
+    write_grid(tmp_path, bf16, name="{model}-{schedule}-bf16-s{seed}",
+               options={**SGDR_PER_EPOCH, "amp": "auto"}, resolved={"amp": "bf16"})  # fmt: skip
+    tables = report_claims(tmp_path)
+    assert sorted(tables) == ["amp='bf16'", "amp='off'"]
+    rows = tables["amp='bf16'"]
+    assert rows["SGDR beats CLR for Plain-11"]["verdict"] == "not measured"
+    assert rows["SGDR beats CLR for Plain-11"]["seeds"] == "no finished runs of Plain-11 CLR"
+    assert rows["SGDR beats CLR for ResNet-110"]["verdict"] == "not measured"
+    assert rows["With the step schedule, ResNet-110 beats Plain-11"]["verdict"] == "holds"
+    assert "borrowed cells" not in next(iter(rows.values()))
+    text = (tmp_path / "report.md").read_text()
+    assert "SGDR (per epoch, bf16)" in text and "Borrowed" not in text

@@ -104,6 +104,7 @@ class Claim:
     verdict: str = "not measured"
     seeds: str = ""  # whether the seeds decide the verdict (or what is missing)
     paper_in_ci: str = MISSING  # whether the 95 % interval holds the paper's value
+    borrowed: str = ""  # the cells taken from another variant, and from which
 
 
 def claims(variant: Variant) -> list[Claim]:
@@ -120,6 +121,7 @@ def measure(comparison: Comparison, variant: Variant) -> Claim:
         test=f"{c.quantity} {'<' if c.below else '>'} {threshold}",
         threshold=OURS if c.ours else PAPERS,
         paper=_describe(c, [[PAPER_TABLE[m, s]] for _, m, s in c.terms]),
+        borrowed=variant.lenders((m, s) for _, m, s in c.terms),
     )
     cells = [variant.cell(m, s) for _, m, s in c.terms]
     values = [cell.errors if cell else [] for cell in cells]

@@ -243,7 +243,12 @@ def claims_section(table: Sequence[Cell], shortened_runs: bool) -> list[str]:
     for variant in variants(table):
         if variant.title:
             lines += [f"### {variant.title}", ""]
-        lines += [claims_table(claims(variant)), ""]
+        if variant.borrowed:
+            lines += [
+                f"Borrowed (cells this variant shares): {variant.lenders(variant.borrowed)}.",
+                "",
+            ]
+        lines += [claims_table(claims(variant), bool(variant.borrowed)), ""]
     if shortened_runs:
         lines += [
             "(Verdicts on shortened or non-CIFAR-100 runs do not test the paper's numbers.)",
@@ -252,13 +257,13 @@ def claims_section(table: Sequence[Cell], shortened_runs: bool) -> list[str]:
     return lines
 
 
-def claims_table(rows: Sequence[Claim]) -> str:
-    """The claims as a Markdown table."""
+def claims_table(rows: Sequence[Claim], borrowed: bool) -> str:
+    """The claims as a Markdown table; a column of borrowed cells where a variant has any."""
     headers = ["claim", "test", "threshold", "paper", "measured", "95 % CI", "verdict"]
-    headers += ["seeds", "paper in CI"]
+    headers += ["seeds", "paper in CI"] + (["borrowed cells"] if borrowed else [])
     body = [
-        [c.text, c.test, c.threshold, c.paper, c.measured, c.interval, c.verdict, c.seeds,
-         c.paper_in_ci]
+        [c.text, c.test, c.threshold, c.paper, c.measured,
+         c.interval, c.verdict, c.seeds, c.paper_in_ci] + ([c.borrowed] if borrowed else [])
         for c in rows
     ]  # fmt: skip
     return format_table(headers, body)
