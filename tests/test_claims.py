@@ -220,6 +220,20 @@ def test_few_seeds_leave_a_claim_undecided_and_missing_runs_unmeasured(tmp_path)
     assert clr["verdict"] == "not measured" and clr["seeds"] == "no finished runs of Plain-11 CLR"
 
 
+def test_relative_changes_compare_geometric_means(tmp_path):
+    """A relative change is a ratio of geometric means (Welch on log errors): with one cell
+    widely spread the two means tell different stories, and the verdict follows the logs."""
+    wide, tight = [20.0, 28.0, 36.0], spread(27.5)
+    write_grid(tmp_path, {(P, STEP): wide, (P, SGDR): tight})
+    (rows,) = report_claims(tmp_path).values()
+    row = rows["SGDR improves Plain-11's error over step, by 5 %"]
+    change = 100 * (geometric_mean(tight) / geometric_mean(wide) - 1)  # +0.96 %
+    points = fmean(tight) - fmean(wide)  # -0.50 pt
+    assert numbers(row["measured"])[-2:] == [pytest.approx(change, abs=0.05),
+                                             pytest.approx(points, abs=0.005)]  # fmt: skip
+    assert row["verdict"] == "does not hold"
+
+
 # ---- variants of the recipe, and the cells they share ----
 
 SGDR_PER_EPOCH = {"epochwise_sgdr": True}  # as `plainnet reproduce` runs every grid
