@@ -220,6 +220,18 @@ def test_few_seeds_leave_a_claim_undecided_and_missing_runs_unmeasured(tmp_path)
     assert clr["verdict"] == "not measured" and clr["seeds"] == "no finished runs of Plain-11 CLR"
 
 
+def test_an_error_of_zero_has_no_relative_change(tmp_path):
+    """A perfect run (a tiny test set, say) has no logarithm: its relative claims are not
+    measured, the rest are, and the report is written."""
+    write_grid(tmp_path, {(P, STEP): [0.0, 1.0], (P, SGDR): [1.0, 2.0], (R, SGDR): [1.0, 1.5]})
+    (rows,) = report_claims(tmp_path).values()
+    gain = rows["SGDR improves Plain-11's error over step, by 5 %"]
+    assert gain["verdict"] == "not measured"
+    assert gain["seeds"] == "a test error of 0 %: no relative change"
+    within = rows["With SGDR, Plain-11 comes within about a point of ResNet-110"]
+    assert within["verdict"] == "holds" and within["measured"] == "1.50 vs 1.25: +0.25 pt"
+
+
 def test_relative_changes_compare_geometric_means(tmp_path):
     """A relative change is a ratio of geometric means (Welch on log errors): with one cell
     widely spread the two means tell different stories, and the verdict follows the logs."""

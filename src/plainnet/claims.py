@@ -129,6 +129,9 @@ def measure(comparison: Comparison, variant: Variant) -> Claim:
     if missing:
         claim.seeds = "no finished runs of " + ", ".join(dict.fromkeys(missing))
         return claim
+    if c.relative and min(min(vs) for vs in values) <= 0:
+        claim.seeds = "a test error of 0 %: no relative change"
+        return claim
     scale = math.log if c.relative else float
     iv = welch([(k, [scale(v) for v in vs]) for (k, _, _), vs in zip(c.terms, values, strict=True)])
     limit = math.log1p(c.threshold) if c.relative else c.threshold
@@ -152,15 +155,12 @@ def judge(iv: Interval, below: bool, limit: float, limit_text: str) -> tuple[str
     return verdict, f"decided: CI excludes {limit_text}"
 
 
-def _estimate(terms: Sequence[tuple[int, str, str]], values: Sequence[Sequence[float]],
-              relative: bool) -> float:  # fmt: skip
+def _estimate(terms: Sequence[tuple], values: Sequence[Sequence[float]], relative: bool) -> float:
     """sum(c * mean) in points; relative: exp(sum(c * mean log)) - 1."""
+    pairs = zip((k for k, _, _ in terms), values, strict=True)
     if relative:
-        logs = (
-            k * fmean(math.log(v) for v in vs) for (k, _, _), vs in zip(terms, values, strict=True)
-        )
-        return math.expm1(sum(logs))
-    return sum(k * fmean(vs) for (k, _, _), vs in zip(terms, values, strict=True))
+        return math.expm1(sum(k * fmean(math.log(v) for v in vs) for k, vs in pairs))
+    return sum(k * fmean(vs) for k, vs in pairs)
 
 
 def _amount(value: float, relative: bool) -> str:
