@@ -3,8 +3,9 @@ figures and provenance, from a grid of run directories.
 
 A row of the table (a `plainnet.grid.Cell`) holds the runs of one configuration but the
 seed; runs of another configuration, another variant of the recipe say, are another row, and
-the report names what differs. Statistics live in `plainnet.stats`, tables in `plainnet.tables`, figures
-in `plainnet.plots`.
+the report names what differs. The paper's numbers live in `plainnet.paper`, its claims in
+`plainnet.claims` (one table per variant: `plainnet.variants`), statistics in `plainnet.stats`,
+tables in `plainnet.tables`, figures in `plainnet.plots`.
 """
 
 from __future__ import annotations
