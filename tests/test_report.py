@@ -1,4 +1,5 @@
-"""`plainnet report`: statistics, Table I and the claims from hand-written run directories."""
+"""`plainnet report`: Table I, its files and its rows from hand-written run directories (the
+claims: test_claims.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from plainnet.claims import claims
 from plainnet.cli import main
 from plainnet.errors import UserError
 from plainnet.grid import cells as group_cells
 from plainnet.grid import load_runs
 from plainnet.report import table1_rows, write_report
-from plainnet.stats import mean_std, welch
+from plainnet.stats import mean_std
+from rundirs import SECONDS, write_grid, write_run
 
 # Final test errors per (model, schedule), three seeds: means 28, 27.5, 26 / 26.5, 28, 26.
 ERRORS = {
@@ -25,66 +26,11 @@ ERRORS = {
     ("resnet110", "clr"): [27.0, 28.0, 29.0],
     ("resnet110", "sgdr"): [25.5, 26.0, 26.5],
 }
-SECONDS = {"plain11": 40.0, "resnet110": 170.0}
-
-
-def write_run(
-    root: Path,
-    model: str,
-    schedule: str,
-    seed: int,
-    error: float,
-    *,
-    status: str = "finished",
-    epochs: int = 4,
-    done: int = 4,
-    scale: float = 1.0,
-    dataset: str = "cifar100",
-    options: dict | None = None,
-    name: str | None = None,
-) -> Path:
-    """A run directory as `train` leaves it: config, per-epoch metrics (the last epoch's test
-    error is ``error``) and summary."""
-    path = root / (name or f"{model}-{schedule}-s{seed}")
-    path.mkdir(parents=True)
-    config = {
-        "config": {"model": model, "schedule": schedule, "seed": seed, "scale": scale},
-        "resolved": {"iters_per_epoch": 50, "dataset": dataset},
-        "environment": {"plainnet": "0.1.0", "torch": "2.x", "device_name": "Test GPU"},
-    }
-    config["config"].update({"dataset": dataset, "batch_size": 100, "epochs": None})
-    config["config"].update(options or {})
-    (path / "config.json").write_text(json.dumps(config))
-    rows = [
-        {
-            "epoch": e,
-            "test_error": error + 10.0 * (done - e),
-            "train_seconds": SECONDS.get(model, 10.0),
-        }
-        for e in range(1, done + 1)
-    ]
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = {
-        "status": status,
-        "model": model,
-        "schedule": schedule,
-        "seed": seed,
-        "epochs": epochs,
-        "epochs_done": done,
-        "test_error": error,
-        "best_test_error": error,
-        "mean_train_seconds": SECONDS.get(model, 10.0) + seed,  # 40, 41, 42 / 170, 171, 172
-        "parameters": 1000,
-    }
-    (path / "summary.json").write_text(json.dumps(summary))
-    return path
 
 
 @pytest.fixture
 def grid(tmp_path) -> Path:
-    for (model, schedule), errors in ERRORS.items():
-        for seed, error in enumerate(errors):
-            write_run(tmp_path, model, schedule, seed, error)
+    write_grid(tmp_path, ERRORS)
     return tmp_path
 
 
@@ -100,29 +46,6 @@ def test_table_holds_means_and_stds(grid):
         assert rows[key]["seconds_per_epoch"] == pytest.approx(SECONDS[key[0]] + 1)
     assert rows["plain11", "step"]["error"] == "28.00 ± 1.00 (n=3)"
     assert rows["resnet110", "sgdr"]["paper_test_error"] == 25.98
-
-
-def test_claims_verdicts_and_intervals(grid):
-    runs, _ = load_runs(grid)
-    by_text = {
-        c.text.split(" for ")[-1] if "beats" in c.text else c.text[:20]: c
-        for c in claims(group_cells(runs))
-    }
-    within = by_text["Plain-11 with SGDR c"]  # 26.0 - 26.0 = 0 <= 1.5
-    assert within.measured == "+0.00 pt" and within.verdict == "holds"
-    gain = by_text["SGDR improves Plain-"]  # (28 - 26) - (26.5 - 26) = +1.5
-    assert gain.measured == "+1.50 pt" and gain.verdict == "holds"
-    time = by_text["ResNet-110 takes abo"]
-    assert time.verdict == "holds" and float(time.measured.split()[0]) == pytest.approx(
-        171 / 41, rel=1e-3
-    )
-    assert by_text["Plain-11"].verdict == "holds"  # SGDR 26 vs CLR 27.5
-    assert by_text["ResNet-110"].verdict == "holds"  # 26 vs 28
-    assert "undecided" in by_text["ResNet-110"].note  # -2.00, but CI [-4.08, +0.08]
-    assert "excludes" in time.note
-    low, high = (float(x) for x in by_text["Plain-11"].interval.split("]")[0][1:].split(","))
-    iv = welch([(1, ERRORS["plain11", "sgdr"]), (-1, ERRORS["plain11", "clr"])])
-    assert (low, high) == (pytest.approx(iv.low, abs=0.01), pytest.approx(iv.high, abs=0.01))
 
 
 def test_report_files_and_edge_cases(grid):
@@ -156,13 +79,13 @@ def test_report_files_and_edge_cases(grid):
         assert (grid / "figures" / name).stat().st_size > 5000
 
 
-def test_shortened_runs_are_flagged_and_few_seeds_warned(tmp_path):
+def test_shortened_runs_are_flagged(tmp_path):
     for (model, schedule), errors in ERRORS.items():
         write_run(tmp_path, model, schedule, 0, errors[0], scale=0.05, dataset="folder")
     write_report(tmp_path, log=lambda _m: None)
     text = (tmp_path / "report.md").read_text()
     assert "Not the paper's setting" in text and "data set folder" in text
-    assert "too few seeds to decide (n=1" in text
+    assert "Verdicts on shortened or non-CIFAR-100 runs do not test the paper's" in text
 
 
 def test_report_cli(grid, tmp_path, capsys):
@@ -222,3 +145,30 @@ def test_a_run_of_the_wrong_shape_is_listed_and_the_report_goes_on(grid):
     assert "plain8-step-s0`: " in text and "test_error" in text
     assert "plain8-clr-s0`: " in text
     assert "| Plain-11" in text  # the rest of the grid is reported
+
+
+def test_runs_are_pooled_only_within_one_resolved_precision(tmp_path):
+    """Rows hold the precision a run trained in, not the one asked for: ``--amp auto`` that
+    resolved to bf16 pools with ``--amp bf16``, never with fp32 (resolved "off"), and TF32
+    where a run recorded it is part of the row too."""
+    sgdr = {"epochwise_sgdr": True}
+    write_run(tmp_path, "plain11", "sgdr", 0, 30.0, options={**sgdr, "amp": "auto"})
+    write_run(tmp_path, "plain11", "sgdr", 1, 31.0, options={**sgdr, "amp": "auto"},
+              resolved={"amp": "bf16"})  # fmt: skip
+    write_run(tmp_path, "plain11", "sgdr", 2, 32.0, options={**sgdr, "amp": "bf16"},
+              resolved={"amp": "bf16"})  # fmt: skip
+    write_run(tmp_path, "plain11", "sgdr", 3, 33.0, options={**sgdr, "amp": "bf16"},
+              resolved={"amp": "bf16", "tf32": True})  # fmt: skip
+    runs, _ = load_runs(tmp_path)
+    rows = {r["variant"]: r for r in table1_rows(group_cells(runs))}
+    assert sorted(rows) == ["SGDR (per epoch)", "SGDR (per epoch, bf16)",
+                            "SGDR (per epoch, bf16, TF32)"]  # fmt: skip
+    assert rows["SGDR (per epoch)"]["runs"] == ["plain11-sgdr-s0"]
+    assert rows["SGDR (per epoch, bf16)"]["runs"] == ["plain11-sgdr-s1", "plain11-sgdr-s2"]
+    assert rows["SGDR (per epoch, bf16)"]["test_error_mean"] == pytest.approx(31.5)
+    assert "amp='bf16'" in rows["SGDR (per epoch, bf16)"]["differs"]
+    assert "amp='off'" in rows["SGDR (per epoch)"]["differs"]
+    assert "tf32=True" in rows["SGDR (per epoch, bf16, TF32)"]["differs"]
+    write_report(tmp_path, log=lambda _m: None)
+    text = (tmp_path / "report.md").read_text()
+    assert "differs in" in text and "amp='off'" in text and "amp='bf16'" in text

@@ -26,6 +26,9 @@ from plainnet.schemas import EVALUATION_SCHEMA
 NOT_RUNS = ("logs", "figures", "submitit")  # folders of a grid that are not runs
 # Options that say where files go or how often they are written, not what is computed.
 BOOKKEEPING = ("seed", "data_dir", "tensorboard", "snapshots", "eval_batch_size", "deterministic")
+# Switches whose ``auto`` a run resolves for its device and that change the arithmetic: a run's
+# row holds what they became (config.json "resolved"), so precisions are never pooled.
+RESOLVED = ("amp", "tf32")
 
 
 @dataclass(frozen=True)
@@ -153,11 +156,21 @@ class Run:
     @property
     def settings(self) -> dict:
         """The run's options, an older run's completed with today's defaults; only its model
-        and schedule (from summary.json) when it has no config.json."""
+        and schedule (from summary.json) when it has no config.json.
+
+        The arithmetic the run trained in is what it resolved to, not what was asked: ``amp``
+        is the resolved precision ("bf16", "fp16" or "off"), so ``--amp auto`` that became
+        bf16 pools with ``--amp bf16`` and never with fp32; ``tf32`` likewise where the run
+        recorded it, else the option's value, else None (a run from before either existed):
+        always present, so that a report names it where rows differ in it."""
         stored = self.config.get("config")
         if not isinstance(stored, dict):
             return {"model": self.model, "schedule": self.schedule}
-        return upgrade(stored)
+        settings = upgrade(stored)
+        settings.update({k: self.resolved.get(k, settings.get(k)) for k in RESOLVED})
+        if isinstance(settings.get("amp"), bool):  # older runs: on = bf16, before fp16 existed
+            settings["amp"] = "bf16" if settings["amp"] else "off"
+        return settings
 
     @property
     def resolved(self) -> dict:
@@ -200,7 +213,8 @@ def load_runs(out: str | Path) -> tuple[list[Run], list[tuple[str, str]]]:
 
 def config_key(settings: dict) -> tuple:
     """What must be equal for runs to be pooled (or trained together): every option of
-    ``settings`` but the seed and bookkeeping."""
+    ``settings`` but the seed and bookkeeping (a finished run's: `Run.settings`, with the
+    precision it resolved to)."""
     return tuple(sorted((k, repr(v)) for k, v in settings.items() if k not in BOOKKEEPING))
 
 
@@ -273,7 +287,19 @@ class Cell:
             notes.append("per epoch" if cfg.get("epochwise_sgdr") else "per iteration")
         if cfg.get("lr_decay") is not None:
             notes.append(f"δ = {cfg['lr_decay']:g}")
+        notes += precision(cfg)
         return f"{name} ({', '.join(notes)})" if notes else name
+
+
+def precision(settings: dict) -> list[str]:
+    """How a run's arithmetic differs from fp32, in words: its autocast precision, and TF32
+    when on (nothing for fp32)."""
+    amp, notes = settings.get("amp", "off"), []
+    if amp != "off":
+        notes.append(amp if amp in ("bf16", "fp16") else f"amp {amp}")
+    if settings.get("tf32") is True:
+        notes.append("TF32")
+    return notes
 
 
 def _order(cell: Cell) -> tuple:
