@@ -59,3 +59,22 @@ def test_a_config_file_nested_too_deeply_is_one_line(tmp_path, capsys, suffix):
     code, err = _train_with(config, tmp_path, capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"plainnet: error: {config}: ") and "(nested too deeply)" in err
+
+
+def _alias_bomb(levels: int) -> str:
+    """YAML of a few hundred bytes whose ``model`` holds 10 ** ``levels`` strings: each level
+    a list of ten aliases of the one before (at 9 levels, printing it took 580 MB)."""
+    lists = ["&l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lists += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return f"model: [{', '.join(lists)}]\n"
+
+
+def test_a_config_value_that_is_not_a_single_value_is_named_not_printed(tmp_path, capsys):
+    config = tmp_path / "bomb.yaml"
+    config.write_text(_alias_bomb(5))
+    code, err = _train_with(config, tmp_path, capsys)
+    assert code == 2
+    assert err == f"plainnet: error: {config}: option 'model' must be a single value, not a list\n"
+    config.write_text("seed: 1\nlr_min: {low: 0.01}\n")
+    code, err = _train_with(config, tmp_path, capsys)
+    assert err.endswith("option 'lr_min' must be a single value, not a mapping\n")

@@ -19,8 +19,9 @@ MAX_CONFIG_BYTES = 256 * 1024  # a run's config.json has about 2 kB
 
 def read_options(path: str | Path) -> dict[str, Any]:
     """Options from a JSON or YAML file (by its suffix): a run's ``config.json`` or a mapping
-    of options (names with ``-`` or ``_``). A file over `MAX_CONFIG_BYTES`, unknown names and
-    anything but a mapping are one-line `UserError`s."""
+    of options (names with ``-`` or ``_``) to single values. A file over `MAX_CONFIG_BYTES`,
+    unknown names, a value that is a list or a mapping, and anything but a mapping are one-line
+    `UserError`s."""
     from plainnet.config import TrainConfig
 
     file = Path(path)
@@ -40,6 +41,10 @@ def read_options(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(options) - names)
     if unknown:
         raise UserError(f"{file}: unknown option {unknown[0]!r}")
+    for name, v in options.items():  # a YAML alias bomb is a list of lists, say: no repr of it
+        if not isinstance(v, str | int | float | bool | None):
+            kind = {"dict": "mapping"}.get(type(v).__name__, type(v).__name__)
+            raise UserError(f"{file}: option {name!r} must be a single value, not a {kind}")
     return options
 
 
