@@ -172,3 +172,29 @@ def test_runs_are_pooled_only_within_one_resolved_precision(tmp_path):
     write_report(tmp_path, log=lambda _m: None)
     text = (tmp_path / "report.md").read_text()
     assert "differs in" in text and "amp='off'" in text and "amp='bf16'" in text
+
+
+def test_the_closing_line_names_exactly_what_was_written(grid, tmp_path):
+    """The figures a grid gives and no others: none without runs, none for a run that has
+    neither a schedule to draw (no config.json) nor an epoch or a time to plot."""
+
+    def closing_line(out: Path) -> str:
+        lines = []
+        write_report(out, log=lines.append)
+        return lines[-1]
+
+    figures = [
+        grid / "figures" / n for n in ("lr_schedules.png", "test_error.png", "epoch_time.png")
+    ]
+    files = [grid / "report.md", grid / "table1.csv", *figures]
+    assert closing_line(grid) == f"wrote {', '.join(map(str, files[:-1]))} and {files[-1]}"
+    empty = tmp_path / "empty"
+    (empty / "not-started").mkdir(parents=True)
+    assert closing_line(empty) == f"wrote {empty / 'report.md'} and {empty / 'table1.csv'}"
+    bare = tmp_path / "bare"
+    run = write_run(bare, "plain11", "sgdr", 0, 50.0, status="failed", done=0)
+    (run / "config.json").unlink()
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "mean_train_seconds": None}))
+    assert closing_line(bare) == f"wrote {bare / 'report.md'} and {bare / 'table1.csv'}"
+    assert not (empty / "figures").exists() and not (bare / "figures").exists()

@@ -14,10 +14,10 @@ import dataclasses
 import shlex
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import plainnet
 from plainnet.config import TrainConfig, flag, upgrade
+from plainnet.config_file import read_options
 from plainnet.errors import UserError
 
 GROUPS = {"run": "the run", "data": "data", "recipe": "length and recipe", "speed": "speed",
@@ -103,35 +103,6 @@ def given(args: argparse.Namespace) -> dict:
     """The `TrainConfig` options given on the command line."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return {k: v for k, v in vars(args).items() if k in names}
-
-
-def read_options(path: str) -> dict:
-    """Options from a JSON or YAML file: a run's ``config.json`` or a small dict of options
-    (names with ``-`` or ``_``). Unknown names and non-dicts are one-line errors."""
-    from plainnet.run_dir import read_json
-
-    file = Path(path)
-    if file.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise UserError(f"{file}: reading YAML needs PyYAML: pip install pyyaml") from None
-        try:
-            value = yaml.safe_load(file.read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"{file}: not readable YAML ({str(err).splitlines()[0]})") from None
-    else:
-        value = read_json(file)
-    if isinstance(value, dict) and isinstance(value.get("config"), dict):
-        value = value["config"]  # a run's config.json
-    if not isinstance(value, dict):
-        raise UserError(f"{file}: expected options as a mapping (name: value)")
-    options = {str(k).replace("-", "_"): v for k, v in value.items()}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise UserError(f"{file}: unknown option {unknown[0]!r}")
-    return options
 
 
 def make_config(args: argparse.Namespace, base: dict | None = None, **fixed) -> TrainConfig:

@@ -90,18 +90,19 @@ def shortened(runs: Sequence[Run]) -> list[str]:
 
 
 def write_report(out: str | Path, log: Callable[[str], None] = print) -> Path:
-    """Write ``report.md``, ``table1.csv`` and ``figures/*.png`` for the grid in ``out``;
-    print the report. Unreadable runs are listed in it, never fatal."""
+    """Write ``report.md``, ``table1.csv`` and the figures the runs give (``figures/*.png``)
+    for the grid in ``out``; print the report and what was written. Unreadable runs are listed
+    in it, never fatal."""
     out = Path(out)
     runs, problems = load_runs(out)
     table = cells(runs)
-    if runs:
-        plot_figures(out / "figures", runs, table)
+    figures = plot_figures(out / "figures", runs, table)
     text = render_report(out, runs, problems, table)
-    write_text(out / "report.md", text)
-    write_table1_csv(out / "table1.csv", table1_rows(table))
+    written = [write_text(out / "report.md", text)]
+    written.append(write_table1_csv(out / "table1.csv", table1_rows(table)))
     log(text)
-    log(f"wrote {out / 'report.md'}, {out / 'table1.csv'} and {out / 'figures'}/")
+    names = [str(p) for p in written + figures]
+    log(f"wrote {', '.join(names[:-1])} and {names[-1]}")
     return out / "report.md"
 
 
@@ -116,8 +117,10 @@ def write_table1_csv(path: Path, rows: Sequence[dict]) -> Path:
     return write_csv(path, [*keys, "runs"], body)
 
 
-def plot_figures(folder: Path, runs: Sequence[Run], table: Sequence[Cell]) -> None:
-    """The schedules as the runs ran them, test error against epoch, time per epoch."""
+def plot_figures(folder: Path, runs: Sequence[Run], table: Sequence[Cell]) -> list[Path]:
+    """The schedules as the runs ran them, test error against epoch, time per epoch: each
+    figure that the runs give data for (none without runs). Returns the files written."""
+    written = []
     seen = {}
     for run in runs:
         cfg, ipe = run.settings, run.resolved.get("iters_per_epoch")
@@ -129,7 +132,9 @@ def plot_figures(folder: Path, runs: Sequence[Run], table: Sequence[Cell]) -> No
                 run.schedule, ipe, scale, epochwise_sgdr=cfg.get("epochwise_sgdr", False),
                 lr_min=cfg.get("lr_min"), lr_max=cfg.get("lr_max"), delta=cfg.get("lr_decay"),
             )  # fmt: skip
-    plot_schedules(folder / "lr_schedules.png", [seen[s] for s in SCHEDULES if s in seen] or None)
+    if seen:  # not the paper's schedules in their place: the figure says "of these runs"
+        schedules = [seen[s] for s in SCHEDULES if s in seen]
+        written.append(plot_schedules(folder / "lr_schedules.png", schedules))
     panels: dict[str, list] = {}
     for cell in table:
         epochs, mean, std = curves(cell)
@@ -139,12 +144,19 @@ def plot_figures(folder: Path, runs: Sequence[Run], table: Sequence[Cell]) -> No
                 (label, epochs, mean, std)
             )
     if panels:
-        plot_curves(folder / "test_error.png", panels, "epoch", "test error (%)")
+        written.append(plot_curves(folder / "test_error.png", panels, "epoch", "test error (%)"))
+    if any(c.seconds for c in table):
+        written.append(plot_epoch_times(folder / "epoch_time.png", table))
+    return written
+
+
+def plot_epoch_times(path: Path, table: Sequence[Cell]) -> Path:
+    """Mean seconds per epoch of each row of the table (0 for a row without a time yet)."""
     models = list(dict.fromkeys(c.model for c in table))
     labels = [f"{NICE.get(c.model, c.model)}\n{c.label}" for c in table]
     values = [mean_std(c.seconds)[0] if c.seconds else 0.0 for c in table]
-    plot_bars(
-        folder / "epoch_time.png", labels, values, [models.index(c.model) for c in table],
+    return plot_bars(
+        path, labels, values, [models.index(c.model) for c in table],
         ylabel="seconds per epoch", title="Training time per epoch",
     )  # fmt: skip
 

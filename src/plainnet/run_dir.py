@@ -181,11 +181,23 @@ def read_json(path: Path, schema: dict | None = None) -> Any:
     """Read a JSON file; a missing, truncated or corrupt one is a `UserError` naming it, and so
     is one that does not follow ``schema`` (see `check_schema`; None: any JSON)."""
     try:
-        value = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: unreadable or corrupt ({err})") from None
+    return parse_json(path, text, schema)
+
+
+def parse_json(path: Path, text: str | bytes, schema: dict | None = None) -> Any:
+    """The JSON document ``text`` read from ``path``, as `read_json` checks it: corrupt JSON,
+    or JSON nested too deeply for the parser, is a `UserError` naming ``path``."""
+    try:
+        value = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable or corrupt ({err})") from None
+    except RecursionError:
+        raise UserError(f"{path}: unreadable or corrupt (nested too deeply)") from None
     if schema is not None:
         check_schema(path, value, schema)
     return value

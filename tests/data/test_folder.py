@@ -387,3 +387,18 @@ def test_image_errors_name_the_file_not_a_memory_buffer(tiny_folder, cache, cont
     msg = str(e.value)
     assert msg.startswith(f"{bad}: not a readable PNG or JPEG image")
     assert "BytesIO" not in msg and " at 0x" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_class_folder_that_is_a_link_loop_is_named(tiny_folder, cache, split):
+    """A link to itself, or two links to each other, is neither skipped nor "no images"."""
+    root, _ = tiny_folder
+    os.symlink("fox", root / split / "fox")
+    with pytest.raises(UserError) as err:
+        load_dataset("folder", root)
+    assert str(err.value) == f"{root / split / 'fox'}: a symbolic link loop: fix or remove the link"
+    (root / split / "fox").unlink()
+    os.symlink("gnu", root / split / "fox")
+    os.symlink("fox", root / split / "gnu")
+    with pytest.raises(UserError, match=r"/fox: a symbolic link loop: fix or remove the link$"):
+        load_dataset("folder", root)

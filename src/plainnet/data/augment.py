@@ -95,7 +95,8 @@ def normalize(
     std: Sequence[float] | torch.Tensor,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Per-channel standardisation `(x - mean) / std` of uint8 images (..., C, H, W).
+    """Per-channel standardisation `(x - mean) / std` of uint8 images (..., C, H, W), or of
+    floats on the same 0-255 scale (`plainnet.models.weights.Preprocess` passes both).
 
     `mean` and `std` are on the 0-255 scale (as in `ImageData`). The arithmetic is done in
     float32 (bf16 would round the 0-255 values before the subtraction) and the result cast to

@@ -27,6 +27,7 @@ held in memory at once, and a huge image is most likely a mistake or a decompres
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -106,7 +107,26 @@ def load_folder(data_dir: Path, cache: Path, log: Callable[[str], None] | None =
 
 
 def _class_names(split_dir: Path) -> list[str]:
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The sorted names of the class folders in ``split_dir``; a symbolic link loop among them
+    is a `UserError` (``is_dir`` says False for one, which would drop the class unsaid)."""
+    names = []
+    for p in sorted(split_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            names.append(p.name)
+        elif _is_link_loop(p):
+            raise UserError(f"{p}: a symbolic link loop: fix or remove the link")
+    return names
+
+
+def _is_link_loop(path: Path) -> bool:
+    """Whether ``path`` is a symbolic link that never reaches a file or folder (ELOOP)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def _list_split(split_dir: Path, classes: list[str]) -> tuple[list[str], list[int], list[str]]:
