@@ -134,3 +134,68 @@ def test_config_file_starts_a_new_run_and_options_override_it(tiny_cifar10, tmp_
         main(["train", "--config", str(tmp_path / "list.json"), "--out", str(tmp_path / "c")]) == 2
     )
     assert "expected options as a mapping" in capsys.readouterr().err
+
+
+def _literal(text: str) -> bool:
+    """A default written as a value (a number, true/false, a list) rather than in words."""
+    try:
+        float(text)
+    except ValueError:
+        return text in ("True", "False") or text.startswith("[")
+    return True
+
+
+def _shown_defaults(parser) -> dict[str, str]:
+    """Each option's "(default: X)" as ``--help`` prints it, by its dest."""
+    import re
+
+    shown = {}
+    for action in parser._actions:
+        match = re.search(r"\(default: ([^)]*)\)$", (action.help or "").replace("%%", "%"))
+        if match and action.dest != "help":
+            shown[action.dest] = match[1]
+    return shown
+
+
+def test_every_default_that_help_shows_is_the_one_the_command_uses(monkeypatch):
+    """For every subcommand and option: what ``--help`` says the default is, is the value the
+    command runs with when the option is not given (a grid's own defaults included). Each
+    command runs up to the library call that would do the work, which records what it got."""
+    import argparse
+    import dataclasses
+
+    from plainnet.cli import build_parser
+
+    got: dict = {}
+
+    def record(*args, **kwargs):
+        got.update(kwargs)
+        for value in args:
+            if isinstance(value, TrainConfig):
+                got.update(dataclasses.asdict(value))
+            elif isinstance(value, dict):  # a grid's base configuration
+                got.update(value)
+
+    for target in ("plainnet.train.train", "plainnet.lr_find.lr_find",
+                   "plainnet.reproduce.reproduce", "plainnet.sweep.sweep"):  # fmt: skip
+        monkeypatch.setattr(target, record)
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    required = {"train": ["--out", "x"], "lr-find": ["--out", "x"], "evaluate": ["x"],
+                "export": ["x"], "report": ["x"], "reproduce": ["--out", "x"],
+                "sweep": ["--out", "x"], "schedules": []}  # fmt: skip
+    checked = 0
+    for name, sub in commands.choices.items():
+        got.clear()
+        args = parser.parse_args([name, *required[name]])
+        if name in ("train", "lr-find", "reproduce", "sweep"):
+            args.argv = [name]
+            args.func(args)
+        for dest, text in _shown_defaults(sub).items():
+            value = got.get(dest, getattr(args, dest, None))
+            if value is None:  # no value: the help says in words what happens then
+                assert not _literal(text), (name, dest, text)
+            else:
+                assert text == str(value), (name, dest, text, value)
+            checked += 1
+    assert checked > 60, checked

@@ -121,3 +121,37 @@ def test_auto_switches_on_this_gpu():
     capability = torch.cuda.get_device_capability()
     assert s.amp == ("bf16" if capability >= (8, 0) else "fp16" if capability >= (7, 0) else "off")
     assert s.channels_last and s.cuda_graphs == (s.amp != "fp16")
+
+
+@pytest.mark.parametrize(
+    ("capability", "auto"), [((9, 0), True), ((8, 0), True), ((7, 5), False), (None, False)],
+    ids=["H100", "A100", "T4", "CPU"],
+)  # fmt: skip
+def test_tf32_is_on_where_the_gpu_has_it_unless_switched_off(monkeypatch, capability, auto):
+    """``auto`` turns TF32 on from compute capability 8.0 (the fast path of `plainnet train`),
+    ``off`` keeps fp32 exact as the authors' GPUs computed it; config.json records both."""
+    device = fake_gpu(monkeypatch, capability) if capability else torch.device("cpu")
+    s = resolve_switches(TrainConfig(), device)
+    assert s.tf32 is auto and s.record()["tf32"] is auto
+    assert "tf32" in s.record()["why"]
+    assert resolve_switches(TrainConfig(tf32="off"), device).tf32 is False
+    if auto:
+        assert resolve_switches(TrainConfig(tf32="on"), device).tf32 is True
+    else:
+        with pytest.raises(UserError, match="--tf32 on needs"):
+            resolve_switches(TrainConfig(tf32="on"), device)
+
+
+def test_the_step_builder_sets_tf32_on_cuda_and_leaves_the_cpu_alone():
+    from plainnet.recipe import set_tf32
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        for enabled in (True, False):
+            set_tf32(torch.device("cuda"), enabled)
+            assert torch.backends.cuda.matmul.allow_tf32 is enabled
+            assert torch.backends.cudnn.allow_tf32 is enabled
+        set_tf32(torch.device("cpu"), True)
+        assert torch.backends.cuda.matmul.allow_tf32 is False  # untouched
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

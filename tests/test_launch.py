@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +20,10 @@ from plainnet.cli import main
 from plainnet.config import TrainConfig
 from plainnet.errors import UserError
 from plainnet.grid import RunSpec
-from plainnet.launch import RunnerOptions, SlurmOptions, make_executor, run_grid
-from plainnet.reproduce import paper_grid
+from plainnet.launch import RunnerOptions, SlurmOptions, run_grid
+from plainnet.reproduce import GRID_DEFAULTS, paper_grid
 from plainnet.run_dir import RunDir
+from plainnet.submit import make_executor
 from plainnet.train import train
 
 GRID = ["--models", "plain8|16", "resnet8", "plain8", "--schedules", "sgdr", "--seeds", "0"]
@@ -34,7 +36,7 @@ def tiny_options(data_dir: Path) -> list[str]:
 def tiny_config(data_dir: Path, spec: RunSpec) -> TrainConfig:
     """The exact configuration `reproduce` with `tiny_options` gives the run ``spec``."""
     base = TrainConfig(
-        dataset="cifar10", data_dir=str(data_dir), scale=0.05, batch_size=20, epochwise_sgdr=True
+        dataset="cifar10", data_dir=str(data_dir), scale=0.05, batch_size=20, **GRID_DEFAULTS
     )
     return dataclasses.replace(base, **spec.overrides())
 
@@ -63,8 +65,9 @@ def test_grid_end_to_end_resume_fail_and_skip(tiny_cifar10, tmp_path, capsys):
         assert summary(out / spec.name)["status"] == "interrupted"
     (out / broken.name / "checkpoint.pt").write_bytes(b"not a checkpoint")
 
-    assert main(["reproduce", *options]) == 0
-    first = capsys.readouterr().out
+    assert main(["reproduce", *options]) == 2  # a run failed: said after the report
+    first, err = capsys.readouterr()
+    assert f"1 of 3 runs failed (first {broken.name}: " in err and "report.md lists them" in err
     assert "3 runs, 0 done" in first and "[1/3]" in first and "grid ETA" in first
     assert (out / "plain8_16-sgdr-s0").is_dir()  # '|' is not in directory names
     resumed = summary(out / interrupted.name)
@@ -74,13 +77,13 @@ def test_grid_end_to_end_resume_fail_and_skip(tiny_cifar10, tmp_path, capsys):
     assert failed["status"] == "failed" and "unreadable checkpoint" in failed["error"]
     assert summary(out / "plain8-sgdr-s0")["status"] == "finished"  # a fresh run
     report = (out / "report.md").read_text()
-    assert "failed" in report and "unreadable checkpoint" in report
+    assert "**1 of 3 runs failed**" in report and "unreadable checkpoint" in report
     assert "Grid commands run in this directory" in report  # the command behind the numbers
     assert (out / "table1.csv").exists() and (out / "figures" / "test_error.png").exists()
 
     # Rerun: the finished runs are left alone, the failed one is tried again (and fails again).
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.jsonl")}
-    assert main(["reproduce", *options]) == 0
+    assert main(["reproduce", *options]) == 2
     assert "3 runs, 2 done, 1 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.jsonl")} == stamps
     assert summary(out / broken.name)["status"] == "failed"
@@ -189,3 +192,58 @@ def test_submitit_local_launcher_runs_and_skips(tiny_cifar10, tmp_path):
     assert status == {"plain8_16-clr-s0": "finished"}
     assert summary(tmp_path / "plain8_16-clr-s0")["epochs_done"] == 8
     assert run_grid(specs, base, tmp_path, RunnerOptions(launcher="local"), log=logs.append) == {}
+
+
+def test_a_grid_whose_data_cannot_be_had_says_so_before_any_run(tmp_path, monkeypatch, capsys):
+    """Offline, CIFAR-100 cannot be downloaded: one line, exit 2, no run started and nothing
+    written (not even the grid's folder)."""
+    from plainnet.data import cifar
+
+    unreachable = dataclasses.replace(cifar.ARCHIVES["cifar100"], url="http://127.0.0.1:9/x")
+    monkeypatch.setitem(cifar.ARCHIVES, "cifar100", unreachable)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "grid"
+    args = ["reproduce", "--quick", "--dataset", "cifar100", "--data-dir", str(empty)]
+    assert main([*args, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "CIFAR-100" in err[0], err
+    assert "[1/" not in captured.out and not out.exists()
+
+
+def _finished_or_not(out: Path, statuses: dict[str, str]) -> list[RunSpec]:
+    specs = []
+    for seed, (name, status) in enumerate(statuses.items()):
+        spec = RunSpec("plain8", "clr", seed, label=name)
+        run = RunDir(out / spec.name)
+        record = {"status": status, "model": "plain8", "schedule": "clr", "seed": seed}
+        if status == "finished":
+            record["test_error"] = 50.0
+        if status == "failed":
+            record["error"] = f"RuntimeError: {name} broke"
+        run.path.mkdir(parents=True)
+        run.write_summary(record)
+        specs.append(spec)
+    return specs
+
+
+@pytest.mark.parametrize(
+    ("statuses", "message"),
+    [
+        ({"a": "finished", "b": "failed"}, "1 of 2 runs failed (first b-clr-s1: RuntimeError: b"),
+        ({"a": "failed", "b": "failed"}, "2 of 2 runs failed (first a-clr-s0:"),
+        ({"a": "diverged", "b": "diverged"}, "no run of the grid finished (2 diverged)"),
+        ({"a": "finished", "b": "diverged"}, None),
+    ],
+)
+def test_a_grid_ends_in_an_error_when_a_run_failed_or_none_finished(tmp_path, statuses, message):
+    from plainnet.launch import check_outcome
+
+    specs = _finished_or_not(tmp_path, statuses)
+    if message is None:
+        check_outcome(specs, tmp_path, RunnerOptions())
+        return
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_outcome(specs, tmp_path, RunnerOptions())
+    check_outcome(specs, tmp_path, RunnerOptions(launcher="slurm"))  # submitted: not judged

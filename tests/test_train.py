@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -403,76 +402,6 @@ def test_a_diverging_member_stops_alone(tiny_cifar10, tmp_path):
     assert results[1]["status"] == "finished" and results[1]["epochs_done"] == 3
 
 
-def _image_folder(root: Path, per_class: int, classes=("cat", "dog", "emu")) -> None:
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", per_class), ("test", 4)):
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = torch.randint(0, 256, (8, 8, 3), generator=g, dtype=torch.uint8)
-                Image.fromarray(pixels.numpy()).save(root / split / c / f"{i:04d}.png")
-
-
-def test_resume_refuses_data_or_weights_that_are_not_the_runs(tmp_path, monkeypatch):
-    """Images added, a class removed, another model's weights, a checkpoint that is a bare
-    tensor or lacks a key: one line each, and nothing of the run is overwritten."""
-    monkeypatch.setenv("PLAINNET_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "images"
-    _image_folder(data, 20)
-    cfg = TrainConfig(model="plain8|16", dataset="folder", data_dir=str(data), epochs=3,
-                      batch_size=10, schedule="clr")  # fmt: skip
-    run = RunDir(tmp_path / "run")
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, run.path, log=lambda m: os.kill(os.getpid(), signal.SIGINT) if "1/3" in m else 0)
-    record = run.read_config()
-
-    _image_folder(data, 30)  # ten more images per class
-    with pytest.raises(
-        UserError, match=r"other data or another model \(train_images: 60 then, 90 now"
-    ):
-        train(cfg, run.path, log=quiet)
-    assert run.read_config() == record  # config.json's record is not overwritten
-    shutil.rmtree(data / "train" / "emu")
-    shutil.rmtree(data / "test" / "emu")
-    with pytest.raises(UserError, match="other data or another model"):
-        train(cfg, run.path, log=quiet)
-    shutil.rmtree(data)
-    _image_folder(data, 20)  # the run's data again
-
-    state = run.load_checkpoint()
-    other = build_model("plain8|32", 3).state_dict()
-    for bad, message in (
-        ({**state, "model": other}, "the weights do not fit plain8|16"),
-        (torch.zeros(3), "not a plainnet checkpoint"),
-        ({k: v for k, v in state.items() if k != "optimizer"}, r"no optimizer\)"),
-    ):
-        torch.save(bad, run.checkpoint)
-        with pytest.raises(UserError, match=message):
-            train(cfg, run.path, log=quiet)
-    torch.save(state, run.checkpoint)
-    assert train(cfg, run.path, log=quiet)["status"] == "finished"
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"model": "plain8|16", "batch_size": 1}, "cannot train on batches of 1 images"),
-        ({"model": "plain8|8|8|8|8|8|8", "batch_size": 10}, "cannot train on batches of 10"),
-        ({"model": "plain8|16", "seed": 2**64}, "--seed must be an integer"),
-        ({"model": "plain100000-100000", "batch_size": 10}, "does not fit in the memory of cpu"),
-    ],
-)
-def test_a_run_that_cannot_take_its_first_step_is_refused_before_writing(
-    tiny_cifar10, tmp_path, options, message
-):
-    cfg = TrainConfig(dataset="cifar10", data_dir=str(tiny_cifar10), epochs=1, **options)
-    with pytest.raises(UserError, match=message):
-        train(cfg, tmp_path / "run", log=quiet)
-    assert RunDir(tmp_path / "run").is_empty()
-
-
 def test_an_error_inside_a_run_marks_it_failed(tiny_cifar10, tmp_path, monkeypatch):
     cfg = TrainConfig(model="plain8|16", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=2)
 
@@ -535,3 +464,22 @@ def test_no_snapshot_of_diverged_weights_is_kept(tiny_cifar10, tmp_path):
     for path in RunDir(tmp_path / "run").snapshot_paths():
         state = torch.load(path, weights_only=True)
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+
+
+def test_a_stop_during_the_last_epoch_that_lets_it_end_finishes_the_run(tiny_cifar10, tmp_path):
+    """The stop request arrives while the last epoch's last step runs: the epoch ends, and with
+    it the run, which is finished, not interrupted."""
+    base = dict(model="plain8|16", dataset="cifar10", data_dir=str(tiny_cifar10), epochs=2)
+
+    def stop_in_the_last_step(message: str) -> None:
+        if message.startswith("epoch   1/2"):
+            os.kill(os.getpid(), signal.SIGINT)  # lands in the first step of epoch 2
+
+    # Epoch 2 has two steps; the stop lands after the first: the run stops mid-epoch. With
+    # one step an epoch, it lands in the last step and the run ends finished.
+    one_step = TrainConfig(**base)
+    summary = train(one_step, tmp_path / "one", log=stop_in_the_last_step)
+    assert summary["status"] == "finished" and summary["epochs_done"] == 2
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**base, batch_size=50), tmp_path / "two", log=stop_in_the_last_step)
+    assert RunDir(tmp_path / "two").read_summary()["status"] == "interrupted"

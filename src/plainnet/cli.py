@@ -75,9 +75,12 @@ def positive_parser(kind: type):
     return parse
 
 
-def add_config_options(p: argparse.ArgumentParser, *, grid=False, skip=(), only=None) -> None:
+def add_config_options(
+    p: argparse.ArgumentParser, *, grid=False, skip=(), only=None, defaults=None
+) -> None:
     """One option per `TrainConfig` field (a grid sets the per-run ones itself). Absent from
-    the parsed arguments unless given (``default=SUPPRESS``); the help states the default."""
+    the parsed arguments unless given (``default=SUPPRESS``); the help states the default:
+    `TrainConfig`'s, or the command's own in ``defaults`` (`make_config` applies them)."""
     groups = {}
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
@@ -85,7 +88,7 @@ def add_config_options(p: argparse.ArgumentParser, *, grid=False, skip=(), only=
             continue
         g = groups.get(meta["group"]) or p.add_argument_group(GROUPS[meta["group"]])
         groups[meta["group"]] = g
-        default = "the run's" if only else f.default
+        default = "the run's" if only else (defaults or {}).get(f.name, f.default)
         shown = shows_default(meta["help"], default)
         help = meta["help"] + (f" (default: {default})" if shown else "")
         kw: dict = {"default": argparse.SUPPRESS, "help": help.replace("%", "%%")}
@@ -177,9 +180,10 @@ def runner_options(args: argparse.Namespace):
     )  # fmt: skip
 
 
-def grid_base(args: argparse.Namespace) -> dict:
-    """The grid's shared configuration (a grid sets model, schedule and seed per run)."""
-    return dataclasses.asdict(make_config(args, model="plain11", schedule="sgdr", seed=0))
+def grid_base(args: argparse.Namespace, defaults: dict | None = None) -> dict:
+    """The grid's shared configuration (a grid sets model, schedule and seed per run): the
+    defaults, the grid's own ``defaults``, then the options given."""
+    return dataclasses.asdict(make_config(args, defaults, model="plain11", schedule="sgdr", seed=0))
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -187,14 +191,16 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from plainnet.reproduce import PAPER_SEEDS, QUICK, reproduce
+    from plainnet.reproduce import GRID_DEFAULTS, PAPER_SEEDS, QUICK, reproduce
 
     if args.quick:  # fill in what the user did not give
         for key in ("scale", "train_limit", "test_limit", "batch_size"):
             setattr(args, key, getattr(args, key, QUICK[key]))
+        if not hasattr(args, "dataset") and not hasattr(args, "data_dir"):
+            args.dataset = QUICK["dataset"]
         args.seeds = args.seeds or list(QUICK["seeds"])
     reproduce(
-        args.out, grid_base(args), models=args.models, schedules=args.schedules,
+        args.out, grid_base(args, GRID_DEFAULTS), models=args.models, schedules=args.schedules,
         seeds=args.seeds or list(PAPER_SEEDS), variant=args.variant, runner=runner_options(args),
         command=command_line(args),
     )  # fmt: skip
@@ -307,7 +313,7 @@ def add_run_commands(command) -> None:
 
 def add_grid_commands(command) -> None:
     """reproduce, report, sweep, and schedules."""
-    from plainnet.reproduce import VARIANTS, quick_help
+    from plainnet.reproduce import GRID_DEFAULTS, VARIANTS, VARIANTS_HELP, quick_help
     from plainnet.schedules import SCHEDULES
 
     p = command("reproduce", "Table I: train the grid's missing runs, then write its report",
@@ -317,13 +323,10 @@ def add_grid_commands(command) -> None:
     p.add_argument(
         "--seeds", nargs="+", type=number_parser(int), help="default 0 1 2 (0 with --quick)"
     )
-    p.add_argument("--variant", default="paper", choices=list(VARIANTS),
-                   help="paper: the paper's global decay (CLR only); delta4: also step and "
-                   "SGDR with delta = 4, as the authors' code of the time did")  # fmt: skip
+    p.add_argument("--variant", default="paper", choices=list(VARIANTS), help=VARIANTS_HELP)
     p.add_argument("--quick", action="store_true", help=quick_help())
     add_grid_options(p)
-    add_config_options(p, grid=True)
-    p.set_defaults(epochwise_sgdr=True)  # the authors' SGDR produced Table I
+    add_config_options(p, grid=True, defaults=GRID_DEFAULTS)
 
     p = command("report", "Table I, the paper's claims and figures from a grid", cmd_report)
     p.add_argument("dir", help="the --out of reproduce")

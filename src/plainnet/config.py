@@ -113,7 +113,18 @@ class TrainConfig:
     )
     device: str = _field("auto", "where to train", group="speed", choices=("auto", "cpu", "cuda"))
     amp: str = _field(
-        "auto", "autocast (auto: bf16, fp16 or off by device)", group="speed", choices=AMP
+        "auto",
+        "training precision: autocast to bf16 or fp16, or off (fp32, as the authors trained); "
+        "auto: bf16, fp16 or off by device",
+        group="speed",
+        choices=AMP,
+    )
+    tf32: str = _field(
+        "auto",
+        "TF32 for fp32 matmuls and convolutions on CUDA (the authors' 2018 GPUs had none); "
+        "auto: on where the GPU has it (compute capability 8.0 and up)",
+        group="speed",
+        choices=SWITCH,
     )
     channels_last: str = _field(
         "auto", "channels-last memory format", group="speed", choices=SWITCH
@@ -230,8 +241,9 @@ def has_triton() -> bool:
 class Switches:
     """The speed switches as resolved for one device, and why (``config.json`` records both).
 
-    ``amp``: "bf16", "fp16" (with a gradient scaler) or "off"; ``cuda_graphs``: the whole
-    training step captured once and replayed as one CUDA graph.
+    ``amp``: "bf16", "fp16" (with a gradient scaler) or "off"; ``tf32``: fp32 matmuls and
+    convolutions in TF32 on CUDA; ``cuda_graphs``: the whole training step captured once and
+    replayed as one CUDA graph.
     """
 
     amp: str
@@ -239,6 +251,7 @@ class Switches:
     compile: bool
     cuda_graphs: bool
     why: tuple[tuple[str, str], ...] = ()
+    tf32: bool = False
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -257,14 +270,15 @@ def resolve_switches(
     On the CPU: channels-last alone (torch.compile measured no faster; bf16 autocast is
     slower without bf16 arithmetic, and where faster it ended short runs less accurate:
     docs/speed.md). On CUDA: bf16 autocast from compute capability 8.0,
-    fp16 with a gradient scaler on 7.x (tensor cores without bf16), fp32 below; torch.compile
-    where Triton supports the GPU (7.0 and up); the whole step as one CUDA graph in a single
-    process (under torchrun the gradient all-reduce runs between the kernels). An explicit
-    ``on``/``bf16`` that cannot work on the device is a `UserError`.
+    fp16 with a gradient scaler on 7.x (tensor cores without bf16), fp32 below; TF32 from 8.0;
+    torch.compile where Triton supports the GPU (7.0 and up); the whole step as one CUDA graph
+    in a single process (under torchrun the gradient all-reduce runs between the kernels). An
+    explicit ``on``/``bf16`` that cannot work on the device is a `UserError`.
     """
     cap = device_capability(device)
     why: dict[str, str] = {}
     amp = _resolve_amp(cfg.amp, cap, why)
+    tf32 = _resolve_tf32(cfg.tf32, cap, why)
     compile_ = _resolve_compile(cfg.compile, cap, why)
     if cfg.cuda_graphs == "on" and cap is None:
         raise UserError("--cuda-graphs on needs --device cuda")
@@ -276,7 +290,7 @@ def resolve_switches(
             "CPU" if cap is None else "torchrun" if distributed else "fp16 gradient scaler"
         ) if not graphs else "CUDA, one process"  # fmt: skip
     channels_last = cfg.channels_last != "off"
-    return Switches(amp, channels_last, compile_, graphs, tuple(sorted(why.items())))
+    return Switches(amp, channels_last, compile_, graphs, tuple(sorted(why.items())), tf32)
 
 
 def _resolve_amp(asked: str, cap: tuple[int, int] | None, why: dict) -> str:
@@ -298,6 +312,16 @@ def _resolve_amp(asked: str, cap: tuple[int, int] | None, why: dict) -> str:
         return "fp16"
     why["amp"] = f"capability {cap[0]}.{cap[1]}: no tensor cores, fp32"
     return "off"
+
+
+def _resolve_tf32(asked: str, cap: tuple[int, int] | None, why: dict) -> bool:
+    if asked == "on" and (cap is None or cap < (8, 0)):
+        where = "--device cuda" if cap is None else "a GPU of compute capability 8.0 or more"
+        raise UserError(f"--tf32 on needs {where}")
+    if asked != "auto":
+        return asked == "on"
+    why["tf32"] = "CPU" if cap is None else f"capability {cap[0]}.{cap[1]}"
+    return cap is not None and cap >= (8, 0)
 
 
 def _resolve_compile(asked: str, cap: tuple[int, int] | None, why: dict) -> bool:

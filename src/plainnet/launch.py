@@ -2,7 +2,8 @@
 
 - ``process`` (default): child processes here; one group at a time on the CPU, one per GPU at a
   time with several GPUs (``CUDA_VISIBLE_DEVICES``), or ``jobs_per_device`` groups on each GPU;
-- ``local``/``slurm``: submitit, one task per group, requeued and resumed after preemption.
+- ``local``/``slurm``: submitit, one task per group, requeued and resumed after preemption
+  (`plainnet.submit`).
 
 A group is up to ``runs_per_process`` runs of one configuration (the seeds of a cell) trained
 together by `plainnet.train.train_together`. Because `plainnet.train.train` continues a run from
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,11 +98,12 @@ def run_grid(
     check_unique(specs)
     if runner.shard:
         specs = shard(specs, *parse_shard(runner.shard))
-    jobs = []
-    for spec in specs:
-        config = TrainConfig(**{**base, **spec.overrides()})
+    configs = [TrainConfig(**{**base, **spec.overrides()}) for spec in specs]
+    for config in configs:
         config.validate()  # every mistake before the first run starts, not hours later
-        jobs.append((spec, dataclasses.asdict(config)))
+    pending = {s.name for s in runs_to_train(specs, out, retry_failed=runner.retry_failed)}
+    check_data([c for s, c in zip(specs, configs, strict=True) if s.name in pending], log)
+    jobs = [(spec, dataclasses.asdict(c)) for spec, c in zip(specs, configs, strict=True)]
     out.mkdir(parents=True, exist_ok=True)
     with RunDir(out).locked():  # one runner per grid directory
         if command:
@@ -111,8 +114,50 @@ def run_grid(
         if not groups:
             return {}
         if runner.launcher != "process":
+            from plainnet.submit import submit
+
             return submit(groups, out, runner.launcher, runner.slurm, log)
         return run_processes(groups, out, device_slots(base["device"], runner.jobs_per_device), log)
+
+
+def check_outcome(specs: Sequence[RunSpec], out: Path, runner: RunnerOptions) -> None:
+    """After a grid has run and its report is written: a `UserError` (a non-zero exit) when a
+    run of it (of this shard) failed, or none finished. A Slurm grid has only submitted its
+    runs: nothing to judge yet."""
+    if runner.launcher == "slurm":
+        return
+    if runner.shard:
+        specs = shard(specs, *parse_shard(runner.shard))
+    statuses = {spec.name: run_status(out / spec.name) for spec in specs}
+    failed = [name for name, status in statuses.items() if status == "failed"]
+    report = out / "report.md"
+    if failed:
+        reason = RunDir(out / failed[0]).read_summary().get("error") or "no reason recorded"
+        raise UserError(
+            f"{len(failed)} of {len(statuses)} runs failed (first {failed[0]}: {reason}); "
+            f"{report} lists them"
+        )
+    if "finished" not in statuses.values():
+        counts = Counter(statuses.values())
+        found = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        raise UserError(f"no run of the grid finished ({found}); see {report}")
+
+
+def check_data(configs: Sequence[TrainConfig], log: Log = print) -> None:
+    """Load each data set the grid trains on, once, here (a download or a folder's first
+    decoding happens now, not in every run at once) and try every run's subsets, batch and
+    model on it: a grid whose data cannot be had says so in one line before any run starts."""
+    from plainnet.data import load_dataset
+    from plainnet.prepare import fit_data
+
+    by_data: dict[tuple, list[TrainConfig]] = {}
+    for config in configs:
+        by_data.setdefault((config.dataset, config.data_dir), []).append(config)
+    for (name, data_dir), same in by_data.items():
+        log(f"checking the data: {name}" + (f" in {data_dir}" if data_dir else ""))
+        data = load_dataset(name, data_dir, log=log)
+        for config in same:
+            fit_data(config, data)
 
 
 def record_command(path: Path, command: str) -> None:
@@ -291,91 +336,6 @@ def _child_main(argv: Sequence[str]) -> int:
         print("plainnet: interrupted (checkpoint saved)", file=sys.stderr, flush=True)
         return 130
     return 2 if "error" in statuses else 0
-
-
-# ---- submitit: a local executor or a Slurm job array ----
-
-
-class TrainJob:
-    """The callable submitit runs for one group. On preemption or timeout submitit calls
-    `checkpoint`, which resubmits the same call: `train` then resumes from the run directory."""
-
-    def __call__(self, pairs: list[tuple[str, dict]], specs: list[RunSpec]) -> list[str]:
-        try:
-            train_group(pairs)
-        except UserError as err:
-            for (run, _), spec in zip(pairs, specs, strict=True):
-                mark_failed(Path(run), spec, str(err).splitlines()[0])
-        except Exception as err:
-            for (run, _), spec in zip(pairs, specs, strict=True):
-                mark_failed(Path(run), spec, f"{type(err).__name__}: {err}".splitlines()[0])
-            raise
-        return [run_status(Path(run)) for run, _ in pairs]
-
-    def checkpoint(self, *args, **kwargs):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
-
-
-def make_executor(launcher: str, folder: Path, slurm: SlurmOptions, cpu: bool):
-    """A submitit executor: ``local`` (this machine) or ``slurm`` (needs ``sbatch``)."""
-    try:
-        import submitit
-    except ImportError:
-        raise UserError("--launcher needs submitit: pip install submitit") from None
-    if launcher == "local":
-        executor = submitit.AutoExecutor(folder=folder, cluster="local")
-        executor.update_parameters(timeout_min=slurm.time_min, gpus_per_node=0 if cpu else 1)
-        return executor
-    from shutil import which
-
-    if which("sbatch") is None:
-        raise UserError("--launcher slurm: no sbatch on PATH (run this on a Slurm login node)")
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    extra = {"account": slurm.account, "qos": slurm.qos}
-    executor.update_parameters(
-        timeout_min=slurm.time_min, slurm_partition=slurm.partition,
-        gpus_per_node=0 if cpu else slurm.gpus_per_task, tasks_per_node=1,
-        cpus_per_task=slurm.cpus_per_task, mem_gb=slurm.mem_gb,
-        slurm_array_parallelism=slurm.array_parallelism,
-        slurm_additional_parameters={k: v for k, v in extra.items() if v},
-    )  # fmt: skip
-    return executor
-
-
-def submit(
-    groups: Sequence[list[Job]], out: Path, launcher: str, slurm: SlurmOptions, log: Log = print
-) -> dict[str, str]:
-    """Submit the groups as one job array. ``local`` waits for them (one at a time, each gets
-    the machine); ``slurm`` returns at once: rerun with the same ``--out`` to collect."""
-    cpu = all(config.get("device") == "cpu" for group in groups for _, config in group)
-    executor = make_executor(launcher, out / "submitit", slurm, cpu)
-    args = []
-    for group in groups:
-        for spec, _ in group:
-            clear_stale_failure(out / spec.name)
-        args.append(([(str(out / s.name), c) for s, c in group], [s for s, _ in group]))
-    if launcher == "local":
-        statuses = {}
-        for pairs, specs in args:
-            job = executor.submit(TrainJob(), pairs, specs)
-            log(f"{', '.join(s.name for s in specs)}: submitted as local job {job.job_id}")
-            try:
-                results = job.result()
-            except Exception as err:
-                line = str(err).strip().splitlines()[-1][:500]
-                results = [
-                    "failed" if mark_failed(out / s.name, s, line) else "busy" for s in specs
-                ]
-            for spec, status in zip(specs, results, strict=True):
-                statuses[spec.name] = status
-                log(f"{spec.name}: {status}")
-        return statuses
-    array = executor.map_array(TrainJob(), [a[0] for a in args], [a[1] for a in args])
-    for (_, specs), job in zip(args, array, strict=True):
-        log(f"{', '.join(s.name for s in specs)}: submitted as Slurm job {job.job_id}")
-    return {s.name: "submitted" for _, specs in args for s in specs}
 
 
 if __name__ == "__main__":

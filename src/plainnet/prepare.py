@@ -125,19 +125,7 @@ def set_up(
     if data is None:
         log(f"loading {cfg.dataset}" + (f" from {cfg.data_dir}" if cfg.data_dir else ""))
         data = load_dataset(cfg.dataset, cfg.data_dir, log=log)
-    data = data.subset(cfg.train_limit, cfg.test_limit)
-    global_batch, local_batch = batch_sizes(cfg, world)
-    if global_batch % world.size:
-        raise UserError(
-            f"batch size {global_batch} does not split over {world.size} processes; "
-            "pass --batch-size divisible by the number of processes or --scale-batch"
-        )
-    iters_per_epoch = len(data.train_labels) // global_batch
-    if iters_per_epoch < 1:
-        raise UserError(
-            f"{len(data.train_labels)} training images are fewer than one batch of {global_batch}"
-        )
-    try_model(cfg, data, local_batch)
+    data, iters_per_epoch = fit_data(cfg, data, world)
     schedule = schedule_for(cfg, iters_per_epoch, world.size)
     rates = lr_table(schedule, schedule.total_iters, device)
     step = build_step(cfg, data, device, switches, rates, world=world)
@@ -153,6 +141,29 @@ def set_up(
         cfg, run, world, switches, step, schedule, *(test or [None, None]), iters_per_epoch,
         epochs, snapshot_at, eval_batch, count_parameters(step.model), record,
     )  # fmt: skip
+
+
+def fit_data(
+    cfg: TrainConfig, data: ImageData, world: distributed.World | None = None
+) -> tuple[ImageData, int]:
+    """The data ``cfg`` trains on (its class-balanced subsets) and the iterations of an epoch;
+    a `UserError` for a subset the data cannot give, a batch that does not split over the
+    processes or is larger than the data, or a model that cannot take such a batch."""
+    world = world or distributed.World()
+    data = data.subset(cfg.train_limit, cfg.test_limit)
+    global_batch, local_batch = batch_sizes(cfg, world)
+    if global_batch % world.size:
+        raise UserError(
+            f"batch size {global_batch} does not split over {world.size} processes; "
+            "pass --batch-size divisible by the number of processes or --scale-batch"
+        )
+    iters_per_epoch = len(data.train_labels) // global_batch
+    if iters_per_epoch < 1:
+        raise UserError(
+            f"{len(data.train_labels)} training images are fewer than one batch of {global_batch}"
+        )
+    try_model(cfg, data, local_batch)
+    return data, iters_per_epoch
 
 
 def config_record(cfg, data, device, world, switches, schedule, step, eval_batch) -> dict:

@@ -145,6 +145,7 @@ def build_step(
     size (`batch_sizes`) in the seed's order, the data's normalisation, and ``rates`` (one per
     iteration, e.g. `lr_table` of `schedule_for`)."""
     world = world or World()
+    set_tf32(device, switches.tf32)
     seed_everything(cfg.seed)
     sync_bn = world.distributed and cfg.sync_bn
     model, optimizer = build_model_and_optimizer(
@@ -164,6 +165,14 @@ def build_step(
         net, optimizer, loader, rates, mean=mean, std=std, switches=switches,
         clip_norm=cfg.clip_norm, model=model,
     )  # fmt: skip
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """TF32 for fp32 matmuls and convolutions on CUDA, on or off (process-wide switches:
+    every run of a process shares its configuration); nothing to set on the CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
 
 
 class EpochSums(NamedTuple):

@@ -19,8 +19,8 @@ Log = Callable[[str], None]
 def header(s: RunState) -> str:
     """The run in one line: model, data, schedule and length, device and switches, where."""
     r, w = s.record["resolved"], s.switches
-    on = [n for n, v in (("channels-last", w.channels_last), ("compile", w.compile),
-                         ("CUDA graphs", w.cuda_graphs)) if v]  # fmt: skip
+    on = [n for n, v in (("TF32", w.tf32), ("channels-last", w.channels_last),
+                         ("compile", w.compile), ("CUDA graphs", w.cuda_graphs)) if v]  # fmt: skip
     return (
         f"{s.cfg.model} ({s.parameters:,} parameters), {r['dataset']} ({r['train_images']:,} "
         f"train / {r['test_images']:,} test images, {r['num_classes']} classes), "

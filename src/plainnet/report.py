@@ -178,7 +178,7 @@ def render_report(
     out: Path, runs: Sequence[Run], problems: Sequence[tuple[str, str]], table: Sequence[Cell]
 ) -> str:
     """``report.md``: Table I beside the paper's, the claims with CIs, runs, provenance."""
-    lines = ["# Table I: Plain-11 vs ResNet-110", ""]
+    lines = ["# Table I: Plain-11 vs ResNet-110", "", *failures(runs)]
     reasons = shortened(runs)
     if reasons:
         lines += [
@@ -233,6 +233,17 @@ def render_report(
         lines += ["### Unreadable or unstarted directories", ""]
         lines += [f"- `{name}`: {reason}" for name, reason in problems] + [""]
     return "\n".join(lines + provenance(out, runs))
+
+
+def failures(runs: Sequence[Run], shown: int = 3) -> list[str]:
+    """At the report's top: how many runs failed, and why (the first few)."""
+    failed = [r for r in runs if r.status == "failed"]
+    if not failed:
+        return []
+    why = "; ".join(f"`{r.name}`: {r.summary.get('error') or 'no reason recorded'}"
+                    for r in failed[:shown])  # fmt: skip
+    more = f"; and {len(failed) - shown} more" if len(failed) > shown else ""
+    return [f"> **{len(failed)} of {len(runs)} runs failed**: {why}{more} (see Runs).", ""]
 
 
 def _link(name: str) -> str:

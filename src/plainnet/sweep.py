@@ -13,7 +13,7 @@ from pathlib import Path
 
 from plainnet.errors import UserError
 from plainnet.grid import RunSpec, finite_number
-from plainnet.launch import RunnerOptions, run_grid
+from plainnet.launch import RunnerOptions, check_outcome, run_grid
 from plainnet.models import build_model, trainable_layers
 from plainnet.plots import plot_sweep
 from plainnet.run_dir import RunDir
@@ -86,10 +86,14 @@ def sweep(
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train the sweep's missing runs into ``out``, then write ``sweep.md/.csv/.png``."""
+    """Train the sweep's missing runs into ``out``, then write ``sweep.md/.csv/.png``; a
+    `UserError` once it is written if a run failed or none finished."""
     specs = sweep_grid(depths, widths, resnet_depths, schedule, seeds)
-    run_grid(specs, base, out, runner or RunnerOptions(), log, command=command)
-    return write_sweep_report(out, specs, log=log)
+    runner = runner or RunnerOptions()
+    run_grid(specs, base, out, runner, log, command=command)
+    report = write_sweep_report(out, specs, log=log)
+    check_outcome(specs, Path(out), runner)
+    return report
 
 
 def sweep_rows(out: Path, specs: Sequence[RunSpec]) -> list[dict]:
