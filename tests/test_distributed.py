@@ -133,3 +133,29 @@ def test_batch_that_does_not_split_is_one_line(tiny_cifar10, tmp_path):
     assert "plainnet: error: batch size 99 does not split over 2 processes" in result.stderr
     # torchrun prints a traceback of its own agent when a worker fails; none comes from ours.
     assert "plainnet/train.py" not in result.stderr and "plainnet/cli.py" not in result.stderr
+
+
+def test_scale_batch_logs_the_rate_it_applies(cifar_factory, tmp_path):
+    """Under ``--scale-batch`` each process takes a whole batch and the rate is multiplied by
+    the number of processes (the linear scaling rule): metrics.jsonl records that rate, the
+    one applied, not the single-process schedule's."""
+    from plainnet.schedules import paper_schedule
+
+    data = tmp_path / "data"
+    cifar_factory.write_cifar10(data, n_per_batch=100, n_test=20)  # 500 training images
+    args = ["--dataset", "cifar10", "--data-dir", str(data), "--model", "plain8|16",
+            "--schedule", "clr", "--epochs", "2", "--batch-size", "50", "--scale-batch"]  # fmt: skip
+    result = subprocess.run(torchrun(tmp_path / "r", *args), capture_output=True, text=True,
+                            env=env())  # fmt: skip
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]
+    run = RunDir(tmp_path / "r")
+    resolved = run.read_config()["resolved"]
+    assert (resolved["global_batch"], resolved["lr_scale"], resolved["iters_per_epoch"]) == (
+        100,
+        2.0,
+        5,
+    )
+    single = paper_schedule("clr", 5, 2 / 160)  # the paper's CLR at this length, one process
+    rows = run.read_metrics()
+    assert [r["iterations"] for r in rows] == [5, 10]
+    assert [r["lr"] for r in rows] == [2 * single(t - 1) for t in (5, 10)]

@@ -198,3 +198,20 @@ def test_the_closing_line_names_exactly_what_was_written(grid, tmp_path):
     (run / "summary.json").write_text(json.dumps({**summary, "mean_train_seconds": None}))
     assert closing_line(bare) == f"wrote {bare / 'report.md'} and {bare / 'table1.csv'}"
     assert not (empty / "figures").exists() and not (bare / "figures").exists()
+
+
+def test_the_report_says_at_its_top_how_many_runs_failed_and_why(tmp_path):
+    write_run(tmp_path, "plain11", "sgdr", 0, 30.0)
+    for seed, why in ((1, "RuntimeError: out of memory"), (2, None)):
+        path = write_run(tmp_path, "plain11", "sgdr", seed, 30.0, status="failed", done=0)
+        summary = json.loads((path / "summary.json").read_text())
+        (path / "summary.json").write_text(json.dumps({**summary, "error": why}))
+    write_report(tmp_path, log=lambda _m: None)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[2] == (
+        "> **2 of 3 runs failed**: `plain11-sgdr-s1`: RuntimeError: out of memory; "
+        "`plain11-sgdr-s2`: no reason recorded (see Runs)."
+    )
+    write_run(tmp_path / "fine", "plain11", "sgdr", 0, 30.0)
+    write_report(tmp_path / "fine", log=lambda _m: None)
+    assert "failed**" not in (tmp_path / "fine" / "report.md").read_text()

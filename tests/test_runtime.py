@@ -100,6 +100,27 @@ def test_progress_shows_rate_loss_and_the_runs_eta():
     assert off.text == ""  # off a terminal: nothing but the epoch lines
 
 
+def test_an_epochs_first_update_shows_no_loss_of_the_epoch_before():
+    """The loss and rate come from the loop's last check: a new epoch's bar shows none until
+    its own first check, never the previous epoch's."""
+    term = Terminal()
+    bar = Progress(True, run_steps=40, batch_size=100, stream=term)
+    bar.start_epoch(1, 4, 0, 10, 0)
+    bar.show(2.345, 0.05)
+    bar.step()
+    bar.end_epoch()
+    term.text = ""
+    bar.start_epoch(2, 4, 0, 10, 10)
+    bar.step()
+    first = [part for part in term.text.split("\r") if "epoch 2/4" in part]
+    assert first and all("loss" not in part and "lr " not in part for part in first), first
+    time.sleep(0.6)  # past the bar's redraw interval
+    bar.show(1.5, 0.01)
+    bar.step()
+    bar.end_epoch()
+    assert "loss 1.500" in term.text
+
+
 def test_duration():
     assert (duration(7.4), duration(245), duration(3723)) == ("7 s", "4:05", "1:02:03")
 

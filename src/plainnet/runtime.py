@@ -158,6 +158,7 @@ class Progress:
 
     def start_epoch(self, epoch: int, epochs: int, first: int, steps: int, done: int) -> None:
         self.done = done
+        self._numbers = ""  # the last epoch's loss and rate are not this one's
         if not self.enabled:
             return
         from tqdm import tqdm
