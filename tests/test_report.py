@@ -215,3 +215,24 @@ def test_the_report_says_at_its_top_how_many_runs_failed_and_why(tmp_path):
     write_run(tmp_path / "fine", "plain11", "sgdr", 0, 30.0)
     write_report(tmp_path / "fine", log=lambda _m: None)
     assert "failed**" not in (tmp_path / "fine" / "report.md").read_text()
+
+
+def test_the_report_draws_each_schedule_as_training_built_it(tmp_path):
+    """`schedule_of` is `plainnet.recipe.schedule_for` of the stored configuration: the length,
+    the bounds, SGDR's stepping and --scale-batch's factor; a damaged record draws nothing."""
+    from plainnet.config import TrainConfig
+    from plainnet.grid import load_runs
+    from plainnet.recipe import schedule_for
+    from plainnet.report import schedule_of
+
+    options = {"epochs": 18, "epochwise_sgdr": True, "scale_batch": True, "lr_max": 0.05}
+    write_run(tmp_path, "plain11", "sgdr", 0, 30.0, options=options,
+              resolved={"world_size": 2})  # fmt: skip
+    write_run(tmp_path, "plain11", "clr", 0, 30.0, options={"scale": "not a number"})
+    runs = {r.schedule: r for r in load_runs(tmp_path)[0]}
+    drawn = schedule_of(runs["sgdr"])
+    built = schedule_for(TrainConfig(schedule="sgdr", **options), 50, world_size=2)
+    assert drawn.lr_scale == 2.0 and drawn.epochs == 18
+    assert [drawn(t) for t in range(0, 900, 37)] == [built(t) for t in range(0, 900, 37)]
+    assert schedule_of(runs["clr"]) is None
+    write_report(tmp_path, log=lambda _m: None)  # and the report is written all the same

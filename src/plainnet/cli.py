@@ -161,10 +161,11 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_schedules(args: argparse.Namespace) -> None:
     from plainnet.plots import plot_schedules
-    from plainnet.schedules import SCHEDULES, paper_schedule
+    from plainnet.schedules import SCHEDULES, epochwise_sgdr_note, paper_schedule
     from plainnet.tables import schedules_table
 
     print(schedules_table(args.iters_per_epoch, args.scale))
+    print(epochwise_sgdr_note())
     if args.output:
         scheds = [paper_schedule(n, args.iters_per_epoch, args.scale) for n in SCHEDULES]
         print(f"wrote {plot_schedules(args.output, scheds)}")

@@ -16,10 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from plainnet.claims import Claim, claims
+from plainnet.config import TrainConfig, upgrade
 from plainnet.grid import NICE, Cell, Run, cells, finite_number, load_runs
 from plainnet.paper import PAPER_SECONDS, PAPER_TABLE
 from plainnet.plots import plot_bars, plot_curves, plot_schedules
-from plainnet.schedules import SCHEDULES, paper_epochs, paper_schedule
+from plainnet.recipe import schedule_for
+from plainnet.schedules import SCHEDULES, Schedule, paper_epochs
 from plainnet.stats import mean_std
 from plainnet.tables import MISSING, error_text, fmt, format_table, write_csv, write_text
 from plainnet.variants import variants
@@ -123,15 +125,10 @@ def plot_figures(folder: Path, runs: Sequence[Run], table: Sequence[Cell]) -> li
     written = []
     seen = {}
     for run in runs:
-        cfg, ipe = run.settings, run.resolved.get("iters_per_epoch")
-        if run.schedule in SCHEDULES and run.schedule not in seen and ipe:
-            scale = (
-                cfg["epochs"] / paper_epochs(run.schedule) if cfg.get("epochs") else cfg["scale"]
-            )
-            seen[run.schedule] = paper_schedule(
-                run.schedule, ipe, scale, epochwise_sgdr=cfg.get("epochwise_sgdr", False),
-                lr_min=cfg.get("lr_min"), lr_max=cfg.get("lr_max"), delta=cfg.get("lr_decay"),
-            )  # fmt: skip
+        if run.schedule in SCHEDULES and run.schedule not in seen:
+            schedule = schedule_of(run)
+            if schedule is not None:
+                seen[run.schedule] = schedule
     if seen:  # not the paper's schedules in their place: the figure says "of these runs"
         schedules = [seen[s] for s in SCHEDULES if s in seen]
         written.append(plot_schedules(folder / "lr_schedules.png", schedules))
@@ -159,6 +156,18 @@ def plot_epoch_times(path: Path, table: Sequence[Cell]) -> Path:
         path, labels, values, [models.index(c.model) for c in table],
         ylabel="seconds per epoch", title="Training time per epoch",
     )  # fmt: skip
+
+
+def schedule_of(run: Run) -> Schedule | None:
+    """The learning rate ``run`` trained with (`schedule_for` of its stored configuration, as
+    training built it), or None if its record cannot tell."""
+    stored, ipe = run.config.get("config"), run.resolved.get("iters_per_epoch")
+    if not isinstance(stored, dict) or not isinstance(ipe, int) or ipe < 1:
+        return None
+    try:
+        return schedule_for(TrainConfig(**upgrade(stored)), ipe, run.resolved.get("world_size", 1))
+    except (TypeError, ValueError):  # a damaged record: no curve rather than no report
+        return None
 
 
 def curves(cell: Cell) -> tuple[list[int], list[float], list[float]]:
