@@ -269,3 +269,28 @@ def test_global_decay_for_every_schedule_follows_equation_2(name):
     assert paper_schedule("clr", IPE, delta=1.0)(5000) == pytest.approx(0.1)  # no decay
     with pytest.raises(ValueError, match="delta"):
         paper_schedule(name, IPE, delta=0.5)
+
+
+def test_per_epoch_sgdr_lowers_each_cycles_mean_rate_as_the_docs_say():
+    """The first cycle's shortfall from its definition (12 epochs of 500 iterations: the cosine
+    sampled every iteration against one value per epoch, the 1/T point skipped), and the docs
+    quote the figures `epochwise_sgdr_note` prints, so they cannot drift from the code."""
+    from pathlib import Path
+
+    from plainnet.schedules import SGDR, epochwise_sgdr_note, epochwise_sgdr_shortfall
+
+    lo, hi, T, ipe = SGDR["lr_min"], SGDR["lr_max"], 12, 500
+
+    def cosine(x: float) -> float:
+        return lo + 0.5 * (hi - lo) * (1 + math.cos(math.pi * x))
+
+    per_iteration = sum(cosine(i / (T * ipe)) for i in range(T * ipe)) / (T * ipe)
+    per_epoch = (hi + sum(cosine((j + 1) / T) for j in range(1, T))) / T
+    shortfall = epochwise_sgdr_shortfall()
+    assert shortfall[0] == pytest.approx(100 * (per_iteration - per_epoch) / per_iteration)
+    assert [round(v, 1) for v in shortfall] == [8.1, 4.1, 2.1, 1.0]
+    figures = " / ".join(f"{v:.1f}" for v in shortfall) + " %"
+    assert figures in epochwise_sgdr_note()
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/recipe.md"):
+        assert figures in (root / doc).read_text(), doc

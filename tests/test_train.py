@@ -118,7 +118,15 @@ def _wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, timeout: float =
 
 
 # "SIGTERM twice" is what `timeout` sends: to the process, then to its process group.
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, "SIGTERM twice"])
+# SIGKILL in the default run; the same resume after the other stops at another moment: slow.
+AGAIN = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGKILL, pytest.param(signal.SIGINT, marks=AGAIN),
+     pytest.param("SIGTERM twice", marks=AGAIN)],
+)  # fmt: skip
 def test_resume_after_kill_is_bitwise_identical(resume_data, tmp_path, sig):
     straight = tmp_path / "straight"
     subprocess.run(_train_cmd(resume_data, straight), check=True, capture_output=True)

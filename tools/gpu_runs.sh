@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Full-length runs on the real CIFAR-10 JPEGs on one GPU, within a time limit: Plain-11 with
-# SGDR and with CLR at once (two processes), then ResNet-110 with SGDR, each at the paper's
-# length as `plainnet reproduce` runs it (SGDR stepped per epoch, fp32 evaluation, no
-# snapshots). A run the limit cuts short stops cleanly (SIGTERM: it saves a checkpoint), and
-# rerunning this script continues it: the runs live in runs/gpu/ in the repository, which a
-# machine keeps between calls while it stays warm.
+# Full-length runs on CIFAR-10 JPEGs on one GPU, within a time limit: Plain-11 with SGDR as
+# `plainnet reproduce` trains it (fp32, no TF32, SGDR stepped per epoch, fp32 evaluation) and
+# the same in bf16 (as `reproduce --variant bf16`), seed 0 each, at once (two processes): the
+# pair says whether bf16 may become the Table I grid's default. Then ResNet-110 with SGDR, fp32.
+# No snapshots. A run the limit cuts short stops cleanly (SIGTERM: it saves a checkpoint), and
+# rerunning this script continues it: the runs live in runs/gpu/ in the repository.
 #
 # Into OUT_DIR: status.txt; results.tgz (every run's config.json, metrics.jsonl, summary.json
 # and train log); and, if a run was cut short, resume.tgz.00, .01, ... (its whole directory in
@@ -12,9 +12,10 @@
 #   cat resume.tgz.* > .gpu_inputs/resume.tgz     (carried with the JPEG archive, 64 MiB in all)
 # and this script unpacks it into runs/gpu/ before it starts.
 #
-# usage: benchmarks/gpu_runs.sh OUT_DIR [SECONDS]   (default 540: one call's ten minutes)
-# Inputs: this tree and .gpu_inputs/cifar10-jpeg.tar.gz (benchmarks/pack_gpu_inputs.sh).
-# Rehearsal on a CPU: PLAINNET_GPU_CHECK_DEVICE=cpu benchmarks/gpu_runs.sh OUT_DIR 60 trains
+# usage: tools/gpu_runs.sh OUT_DIR [SECONDS]   (default 540)
+# Inputs: this repository and .gpu_inputs/cifar10-jpeg.tar.gz (tools/pack_gpu_inputs.sh packs a
+# CIFAR-10 JPEG class-folder tree there).
+# Rehearsal on a CPU: PLAINNET_GPU_CHECK_DEVICE=cpu tools/gpu_runs.sh OUT_DIR 60 trains
 # the same runs at a tiny length on a subset.
 set -u -o pipefail
 if [[ $# -lt 1 || $# -gt 2 ]]; then
@@ -37,12 +38,12 @@ data=/tmp/plainnet-runs-data
 if [[ ! -d $data/cifar10-jpeg ]]; then
     mkdir -p "$data"
     tar -xzf .gpu_inputs/cifar10-jpeg.tar.gz -C "$data" || {
-        echo "no .gpu_inputs/cifar10-jpeg.tar.gz: run benchmarks/pack_gpu_inputs.sh" \
+        echo "no .gpu_inputs/cifar10-jpeg.tar.gz: run tools/pack_gpu_inputs.sh" \
             | tee -a "$out/status.txt"
         exit 2
     }
 fi
-common=(--dataset folder --data-dir "$data/cifar10-jpeg" --epochwise-sgdr --no-snapshots)
+common=(--dataset folder --data-dir "$data/cifar10-jpeg" --epochwise-sgdr --no-snapshots --tf32 off)
 if [[ $device == cuda ]]; then
     common+=(--device cuda)
 else
@@ -63,11 +64,11 @@ train() {  # train NAME OPTIONS...: one run in the background, until the deadlin
         --out "$runs/$name" >> "$runs/$name.log" 2>&1 &
 }
 
-train plain11-sgdr --model plain11 --schedule sgdr
-train plain11-clr --model plain11 --schedule clr
+train plain11-sgdr --model plain11 --schedule sgdr --amp off
+train plain11-sgdr-bf16 --model plain11 --schedule sgdr --amp bf16
 wait
 if ((deadline - SECONDS > 60)); then
-    train resnet110-sgdr --model resnet110 --schedule sgdr
+    train resnet110-sgdr --model resnet110 --schedule sgdr --amp off
     wait
 fi
 unfinished=()
