@@ -90,6 +90,8 @@ def test_cli_line_feeds_train(tiny_cifar10, tmp_path, capsys):
         (["--iters", "3"], "at least 10"),
         (["--model", "vgg16"], "unknown model"),
         (["--beta", "1.5"], "--beta"),
+        (["--batch-size", "1000"], "fewer than one batch of 1000"),
+        (["--model", "plain8|16", "--batch-size", "1"], "cannot train on batches of 1 images"),
     ],
 )
 def test_bad_options_are_one_line(tiny_cifar10, tmp_path, capsys, extra, message):

@@ -27,6 +27,7 @@ from plainnet.config import TrainConfig, resolve_device, resolve_switches
 from plainnet.data import ImageData, load_dataset
 from plainnet.errors import UserError
 from plainnet.plots import plot_lr_find
+from plainnet.prepare import fit_data
 from plainnet.provenance import environment
 from plainnet.recipe import TrainStep, build_step
 from plainnet.run_dir import write_json
@@ -119,7 +120,7 @@ def lr_find(
     device = resolve_device(cfg.device)
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir)
-    data = data.subset(cfg.train_limit, None)
+    data, _ = fit_data(cfg, data)  # the subset, and a batch the data and the model can take
     ramp = ExponentialRamp(start_lr, end_lr, iters)
     step = ramp_step(cfg, data, device, ramp)
     t0 = time.perf_counter()
@@ -171,10 +172,6 @@ def check_options(cfg, start_lr, end_lr, iters, beta, diverge) -> None:
 
 def ramp_step(cfg: TrainConfig, data: ImageData, device, ramp: ExponentialRamp) -> TrainStep:
     """`plainnet train`'s step for ``cfg``, its rate following ``ramp``."""
-    if len(data.train_labels) < cfg.batch_size:
-        raise UserError(
-            f"{len(data.train_labels)} training images are fewer than one batch of {cfg.batch_size}"
-        )
     rates = lr_table(ramp, ramp.iters, device)
     return build_step(cfg, data, device, resolve_switches(cfg, device), rates)
 
