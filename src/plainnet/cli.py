@@ -172,7 +172,8 @@ def cmd_schedules(args: argparse.Namespace) -> None:
 
 
 def runner_options(args: argparse.Namespace):
-    from plainnet.launch import RunnerOptions, SlurmOptions
+    from plainnet.launch import RunnerOptions
+    from plainnet.submit import SlurmOptions
 
     slurm = SlurmOptions(**{k[6:]: v for k, v in vars(args).items() if k.startswith("slurm_")})
     return RunnerOptions(
@@ -354,7 +355,8 @@ def add_grid_commands(command) -> None:
 
 def add_grid_options(p: argparse.ArgumentParser) -> None:
     """How a grid's runs are run: devices, shards, launchers (`reproduce` and `sweep`)."""
-    from plainnet.launch import LAUNCHERS, SlurmOptions
+    from plainnet.launch import LAUNCHERS
+    from plainnet.submit import SlurmOptions
 
     g = p.add_argument_group("running the grid")
     g.add_argument("--out", required=True, help="grid directory: one run directory per run")

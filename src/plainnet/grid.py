@@ -55,6 +55,9 @@ class RunSpec:
         return {**fixed, **dict(self.options)}
 
 
+Job = tuple[RunSpec, dict]  # a run of a grid and its TrainConfig as a dict
+
+
 def safe_name(model: str) -> str:
     """A model name usable as a directory name (``plain16-16|32`` -> ``plain16-16_32``)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in model)

@@ -32,6 +32,7 @@ from pathlib import Path
 from plainnet.config import TrainConfig
 from plainnet.errors import UserError
 from plainnet.grid import (
+    Job,
     RunSpec,
     check_unique,
     clear_stale_failure,
@@ -44,24 +45,10 @@ from plainnet.grid import (
 )
 from plainnet.run_dir import RunDir, make_folder, open_for_writing
 from plainnet.runtime import StopRequest, duration
+from plainnet.submit import SlurmOptions, submit
 
 LAUNCHERS = ("process", "local", "slurm")
-Job = tuple[RunSpec, dict]  # a run and its TrainConfig as a dict
 Log = Callable[[str], None]
-
-
-@dataclass
-class SlurmOptions:
-    """What a Slurm array task asks for (`submitit` parameters)."""
-
-    partition: str | None = None
-    time_min: int = 24 * 60
-    gpus_per_task: int = 1
-    cpus_per_task: int = 8
-    mem_gb: int = 32
-    array_parallelism: int = 64
-    account: str | None = None
-    qos: str | None = None
 
 
 @dataclass
@@ -114,8 +101,6 @@ def run_grid(
         if not groups:
             return {}
         if runner.launcher != "process":
-            from plainnet.submit import submit
-
             return submit(groups, out, runner.launcher, runner.slurm, log)
         return run_processes(groups, out, device_slots(base["device"], runner.jobs_per_device), log)
 
@@ -298,32 +283,10 @@ def error_line(path: Path) -> str:
     return (errors or lines or ["crashed without output"])[-1][:500]
 
 
-def train_group(pairs: Sequence[tuple[str, dict]], log: Log = print) -> list[str]:
-    """Train runs (``(run directory, config)``) together; a finished CLR/SGDR run then gets its
-    snapshot ensemble evaluated (``evaluation.json``), which the report shows."""
-    from plainnet.evaluate import evaluate_path
-    from plainnet.train import train, train_together
-
-    cfgs = [TrainConfig(**config) for _, config in pairs]
-    if len(pairs) == 1:
-        results = [train(cfgs[0], pairs[0][0], log=log)]
-    else:
-        results = train_together(cfgs, [run for run, _ in pairs], log=log)
-    statuses = []
-    for (run, _), cfg, result in zip(pairs, cfgs, results, strict=True):
-        if isinstance(result, UserError):
-            log(f"plainnet: error: {result}")
-            statuses.append("error")
-            continue
-        if result["status"] == "finished" and cfg.snapshots and cfg.schedule != "step":
-            evaluate_path(run, ensemble=True, log=log)
-        statuses.append(result["status"])
-    return statuses
-
-
 def _child_main(argv: Sequence[str]) -> int:
     """``python -m plainnet.launch RUN CONFIG_JSON [RUN CONFIG_JSON ...]``."""
     from plainnet.runtime import sigterm_as_interrupt
+    from plainnet.train import train_group
 
     pairs = [(argv[i], json.loads(argv[i + 1])) for i in range(0, len(argv), 2)]
     try:

@@ -5,12 +5,29 @@ directories."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from plainnet.errors import UserError
-from plainnet.grid import RunSpec, clear_stale_failure, mark_failed, run_status
-from plainnet.launch import Job, Log, SlurmOptions, train_group
+from plainnet.grid import Job, RunSpec, clear_stale_failure, mark_failed, run_status
+from plainnet.train import train_group
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SlurmOptions:
+    """What a Slurm array task asks for (`submitit` parameters)."""
+
+    partition: str | None = None
+    time_min: int = 24 * 60
+    gpus_per_task: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int = 32
+    array_parallelism: int = 64
+    account: str | None = None
+    qos: str | None = None
 
 
 class TrainJob:

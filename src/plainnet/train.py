@@ -28,7 +28,7 @@ from plainnet import distributed, records
 from plainnet.config import TrainConfig, resolve_device
 from plainnet.data import ImageData
 from plainnet.errors import UserError
-from plainnet.evaluate import evaluate
+from plainnet.evaluate import evaluate, evaluate_path
 from plainnet.prepare import Position, RunState, check_run_dir, restore, set_up
 from plainnet.recipe import EpochSums
 from plainnet.run_dir import RunDir
@@ -93,6 +93,26 @@ def train_together(
     if any(isinstance(r, dict) and r["status"] == "interrupted" for r in results):
         raise KeyboardInterrupt
     return results
+
+
+def train_group(pairs: Sequence[tuple[str, dict]], log: Log = print) -> list[str]:
+    """Train runs (``(run directory, config)``) together; a finished CLR/SGDR run then gets its
+    snapshot ensemble evaluated (``evaluation.json``), which the report shows."""
+    cfgs = [TrainConfig(**config) for _, config in pairs]
+    if len(pairs) == 1:
+        results = [train(cfgs[0], pairs[0][0], log=log)]
+    else:
+        results = train_together(cfgs, [run for run, _ in pairs], log=log)
+    statuses = []
+    for (run, _), cfg, result in zip(pairs, cfgs, results, strict=True):
+        if isinstance(result, UserError):
+            log(f"plainnet: error: {result}")
+            statuses.append("error")
+            continue
+        if result["status"] == "finished" and cfg.snapshots and cfg.schedule != "step":
+            evaluate_path(run, ensemble=True, log=log)
+        statuses.append(result["status"])
+    return statuses
 
 
 def drive(runs: list[Generator], turns: list) -> list[dict | UserError]:
