@@ -363,7 +363,8 @@ def add_grid_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jobs-per-device", type=positive_parser(int), default=1,
                    help="processes packed on each GPU")  # fmt: skip
     g.add_argument("--runs-per-process", type=positive_parser(int), default=1,
-                   help="seeds of one configuration trained together in one process")  # fmt: skip
+                   help="seeds of one configuration trained together in one process, in turns "
+                   "on CUDA streams (its speed on a GPU is not yet measured)")  # fmt: skip
     g.add_argument("--shard", metavar="I/N", help="run only part I of N (1-based) of the grid")
     g.add_argument("--retry-failed", action="store_true",
                    help="also rerun diverged runs (the others resume anyway)")  # fmt: skip

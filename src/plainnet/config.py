@@ -115,14 +115,14 @@ class TrainConfig:
     amp: str = _field(
         "auto",
         "training precision: autocast to bf16 or fp16, or off (fp32, as the authors trained); "
-        "auto: bf16, fp16 or off by device",
+        "auto: bf16, fp16 or off by device, the fast path (reproduce trains with off)",
         group="speed",
         choices=AMP,
     )
     tf32: str = _field(
         "auto",
         "TF32 for fp32 matmuls and convolutions on CUDA (the authors' 2018 GPUs had none); "
-        "auto: on where the GPU has it (compute capability 8.0 and up)",
+        "auto: on where the GPU has it, compute capability 8.0 up (reproduce: off)",
         group="speed",
         choices=SWITCH,
     )
